@@ -1,0 +1,147 @@
+// Host-side argument checks and parameter packing shared by the CPU and CUDA
+// entry points. Every message names the argument, what it was, and what was
+// expected.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <string>
+
+#include "pgsl/macros.h"
+#include "pgsl/pixel_unshuffle.h"
+
+namespace pgsl {
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
+}
+
+inline ScalarKind scalar_kind(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return ScalarKind::Float16;
+    case at::kBFloat16: return ScalarKind::BFloat16;
+    case at::kFloat: return ScalarKind::Float32;
+    case at::kDouble: return ScalarKind::Float64;
+    default: TORCH_CHECK_TYPE(false, "pgsl_ext: unsupported dtype ", t);
+  }
+}
+
+inline void check_float_tensor(const at::Tensor& t, const char* op, const char* arg) {
+  TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), op, ": expected `", arg,
+                   "` to be float16, bfloat16, float32 or float64, but got ", t.scalar_type());
+}
+
+inline void check_same_device(const at::Tensor& a, const char* arg_a, const at::Tensor& b,
+                              const char* arg_b, const char* op) {
+  TORCH_CHECK(a.device() == b.device(), op, ": expected `", arg_b, "` on the device of `", arg_a,
+              "` (", a.device(), "), but got ", b.device());
+}
+
+inline void check_tau_scalar(double tau, const char* op) {
+  TORCH_CHECK_VALUE(tau >= 0.0, op, ": expected `tau` >= 0 (and not NaN), but got ", tau);
+}
+
+// Validates a tensor tau against x and returns it in x's dtype (not expanded:
+// the caller's iterator broadcasts it). A tau tensor must broadcast *to* x.
+inline at::Tensor check_tau_tensor(const at::Tensor& x, const at::Tensor& tau, const char* op) {
+  TORCH_CHECK_TYPE(at::isFloatingType(tau.scalar_type()), op,
+                   ": expected `tau` to be a floating-point tensor, but got ", tau.scalar_type());
+  check_same_device(x, "x", tau, "tau", op);
+  bool broadcastable = tau.dim() <= x.dim();
+  for (int64_t d = 1; broadcastable && d <= tau.dim(); ++d) {
+    const int64_t t = tau.size(-d), s = x.size(-d);
+    broadcastable = (t == 1 || t == s);
+  }
+  TORCH_CHECK_VALUE(broadcastable, op, ": expected `tau` to broadcast to the shape of `x` ",
+                    x.sizes(), ", but got shape ", tau.sizes());
+  // One small reduction (a device sync on CUDA); tau holds one value per
+  // matrix at most, so this is cheap next to the op itself.
+  if (tau.numel() > 0) {
+    const bool bad = at::logical_not(tau.ge(0)).any().item<bool>();
+    TORCH_CHECK_VALUE(!bad, op, ": expected every entry of `tau` >= 0 (and not NaN), but got min ",
+                      tau.min().item<double>());
+  }
+  return tau.scalar_type() == x.scalar_type() ? tau : tau.to(x.scalar_type());
+}
+
+inline BlockReduce parse_reduce(c10::string_view reduce, const char* op) {
+  if (reduce == "max") return BlockReduce::Max;
+  if (reduce == "mean") return BlockReduce::Mean;
+  TORCH_CHECK_VALUE(false, op, ": expected `reduce` to be \"max\" or \"mean\", but got \"",
+                    std::string(reduce), "\"");
+}
+
+// Checks pixel_unshuffle_concat's inputs and packs their geometry.
+inline UnshuffleParams unshuffle_params(const at::Tensor& x, const at::Tensor& saliency,
+                                        int64_t factor, c10::string_view reduce, const char* op) {
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": expected `x` of shape (B, C, H, W), but got ", x.dim(),
+                    "-d shape ", x.sizes());
+  TORCH_CHECK_VALUE(saliency.dim() == 4 && saliency.size(1) == 1, op,
+                    ": expected `saliency` of shape (B, 1, H, W), but got ", saliency.sizes());
+  TORCH_CHECK_VALUE(factor >= 1, op, ": expected `factor` >= 1, but got ", factor);
+  check_float_tensor(x, op, "x");
+  TORCH_CHECK_TYPE(saliency.scalar_type() == x.scalar_type(), op,
+                   ": expected `saliency` to have the dtype of `x` (", x.scalar_type(),
+                   "), but got ", saliency.scalar_type());
+  check_same_device(x, "x", saliency, "saliency", op);
+  TORCH_CHECK_VALUE(saliency.size(0) == x.size(0), op, ": expected `saliency` batch size ",
+                    x.size(0), " (that of `x`), but got ", saliency.size(0));
+  TORCH_CHECK_VALUE(saliency.size(2) == x.size(2) && saliency.size(3) == x.size(3), op,
+                    ": expected `saliency` spatial size (", x.size(2), ", ", x.size(3),
+                    ") (that of `x`), but got (", saliency.size(2), ", ", saliency.size(3), ")");
+  TORCH_CHECK_VALUE(x.size(2) % factor == 0 && x.size(3) % factor == 0, op,
+                    ": expected the height and width of `x` to be divisible by `factor` = ",
+                    factor, ", but got (", x.size(2), ", ", x.size(3), ")");
+  UnshuffleParams p{};
+  p.batch = x.size(0);
+  p.channels = x.size(1);
+  p.height = x.size(2);
+  p.width = x.size(3);
+  p.factor = factor;
+  for (int d = 0; d < 4; ++d) p.x_stride[d] = x.stride(d);
+  p.s_stride[0] = saliency.stride(0);
+  p.s_stride[1] = saliency.stride(2);
+  p.s_stride[2] = saliency.stride(3);
+  p.reduce = parse_reduce(reduce, op);
+  return p;
+}
+
+// Checks the backward's gradient against the forward geometry.
+inline void check_unshuffle_grad(const at::Tensor& grad_out, const UnshuffleParams& p,
+                                 const at::Tensor& saliency, const char* op) {
+  const std::vector<int64_t> expected{p.batch, p.out_channels(), p.out_height(), p.out_width()};
+  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(expected), op,
+                    ": expected `grad_out` of shape ", at::IntArrayRef(expected), ", but got ",
+                    grad_out.sizes());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == saliency.scalar_type(), op,
+                   ": expected `grad_out` to have the dtype of `saliency` (",
+                   saliency.scalar_type(), "), but got ", grad_out.scalar_type());
+  check_same_device(saliency, "saliency", grad_out, "grad_out", op);
+}
+
+// Checks the backward's inputs and allocates its outputs (both contiguous);
+// `grad` is grad_out made contiguous. Call under the device guard.
+struct UnshuffleBackward {
+  UnshuffleParams params;
+  at::Tensor grad, grad_x, grad_s;
+};
+
+inline UnshuffleBackward prepare_unshuffle_backward(const at::Tensor& grad_out,
+                                                    const at::Tensor& saliency, int64_t channels,
+                                                    int64_t factor, c10::string_view reduce,
+                                                    const char* op) {
+  TORCH_CHECK_VALUE(channels >= 0, op, ": expected `channels` >= 0, but got ", channels);
+  TORCH_CHECK_VALUE(saliency.dim() == 4, op,
+                    ": expected `saliency` of shape (B, 1, H, W), but got ", saliency.sizes());
+  UnshuffleBackward r;
+  r.grad_x = at::empty({saliency.size(0), channels, saliency.size(2), saliency.size(3)},
+                       saliency.options());
+  r.params = unshuffle_params(r.grad_x, saliency, factor, reduce, op);
+  check_unshuffle_grad(grad_out, r.params, saliency, op);
+  r.grad_s = at::empty_like(saliency, at::MemoryFormat::Contiguous);
+  r.grad = grad_out.contiguous();
+  return r;
+}
+
+}  // namespace pgsl

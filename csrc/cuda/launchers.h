@@ -1,0 +1,38 @@
+// CUDA launchers: plain-pointer entry points implemented in the *_kernel.cu
+// files, called by the host code in *_cuda.cpp (which owns ATen, the device
+// guard and the stream). Keeping ATen out of the .cu files keeps nvcc fast.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "pgsl/macros.h"
+#include "pgsl/pixel_unshuffle.h"
+
+namespace pgsl {
+
+constexpr int kMaxDims = 8;
+
+// Geometry of an elementwise op after TensorIterator coalescing: up to
+// kMaxDims dims, innermost first, strides in elements for out, x, tau.
+struct ElementwiseParams {
+  int ndim;
+  int64_t numel;
+  int64_t sizes[kMaxDims];
+  int64_t strides[3][kMaxDims];
+  bool contiguous;  // out and x dense in the same order
+  bool index32;     // every offset fits in int32 (TensorIterator::can_use_32bit_indexing)
+};
+
+// tau == nullptr: scalar tau_value. Otherwise tau is an operand of x's dtype.
+cudaError_t launch_soft_threshold(ScalarKind kind, const ElementwiseParams& p, void* out,
+                                  const void* x, const void* tau, double tau_value,
+                                  cudaStream_t stream);
+
+cudaError_t launch_pixel_unshuffle_concat(ScalarKind kind, const UnshuffleParams& p, const void* x,
+                                          const void* saliency, void* out, cudaStream_t stream);
+
+cudaError_t launch_pixel_unshuffle_concat_backward(ScalarKind kind, const UnshuffleParams& p,
+                                                   const void* grad_out, const void* saliency,
+                                                   void* grad_x, void* grad_s, cudaStream_t stream);
+
+}  // namespace pgsl

@@ -1,0 +1,128 @@
+// pixel_unshuffle_concat CUDA kernels. One thread per f-element run of an
+// input row (a coalesced read, f coalesced writes into f output channels), and
+// one per f x f saliency block, in a single launch. Index maps and the block
+// reduction come from pgsl/pixel_unshuffle.h, as on the CPU.
+#include "cuda_types.cuh"
+#include "launchers.h"
+#include "pgsl/pixel_unshuffle.h"
+
+namespace pgsl {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T, typename Index>
+__global__ void unshuffle_forward(UnshuffleParams p, const T* __restrict__ x,
+                                  const T* __restrict__ s, T* __restrict__ out) {
+  using Acc = opmath_t<T>;
+  const Index f = p.factor, C = p.channels, H = p.height;
+  const Index Ho = p.height / p.factor, Wo = p.width / p.factor;
+  const Index OC = C * f * f + 1, plane = Ho * Wo;
+  const Index runs = Index(p.batch) * C * H * Wo, blocks = Index(p.batch) * Ho * Wo;
+  const Index step = Index(gridDim.x) * blockDim.x;
+  for (Index k = Index(blockIdx.x) * blockDim.x + threadIdx.x; k < runs + blocks; k += step) {
+    if (k < runs) {
+      const Index wo = k % Wo, h = (k / Wo) % H, c = (k / (Wo * H)) % C, b = k / (Wo * H * C);
+      const T* run = x + b * p.x_stride[0] + c * p.x_stride[1] + h * p.x_stride[2] +
+                     wo * f * p.x_stride[3];
+      T* dst = out + (b * OC + unshuffle_channel(c, h % f, 0, f)) * plane + (h / f) * Wo + wo;
+      unshuffle_run<T>(run, p.x_stride[3], dst, plane, f);
+    } else {
+      const Index q = k - runs, wo = q % Wo, ho = (q / Wo) % Ho, b = q / (Wo * Ho);
+      const T* block = s + b * p.s_stride[0] + ho * f * p.s_stride[1] + wo * f * p.s_stride[2];
+      out[(b * OC + OC - 1) * plane + ho * Wo + wo] =
+          block_reduce<T, Acc>(block, p.s_stride[1], p.s_stride[2], f, p.reduce);
+    }
+  }
+}
+
+// grad_x and grad_s are contiguous; grad_out is contiguous.
+template <typename T, typename Index>
+__global__ void unshuffle_backward(UnshuffleParams p, const T* __restrict__ grad,
+                                   const T* __restrict__ s, T* __restrict__ grad_x,
+                                   T* __restrict__ grad_s) {
+  using Acc = opmath_t<T>;
+  const Index f = p.factor, C = p.channels, H = p.height, W = p.width;
+  const Index Ho = p.height / p.factor, Wo = p.width / p.factor;
+  const Index OC = C * f * f + 1, plane = Ho * Wo;
+  const Index runs = Index(p.batch) * C * H * Wo, blocks = Index(p.batch) * Ho * Wo;
+  const Index step = Index(gridDim.x) * blockDim.x;
+  for (Index k = Index(blockIdx.x) * blockDim.x + threadIdx.x; k < runs + blocks; k += step) {
+    if (k < runs) {
+      const Index wo = k % Wo, h = (k / Wo) % H, c = (k / (Wo * H)) % C, b = k / (Wo * H * C);
+      const T* src = grad + (b * OC + unshuffle_channel(c, h % f, 0, f)) * plane + (h / f) * Wo + wo;
+      shuffle_run<T>(src, plane, grad_x + k * f, 1, f);  // k * f == ((b*C + c)*H + h)*W + wo*f
+    } else {
+      const Index q = k - runs, wo = q % Wo, ho = (q / Wo) % Ho, b = q / (Wo * Ho);
+      const T g = grad[(b * OC + OC - 1) * plane + ho * Wo + wo];
+      T* block = grad_s + (b * H + ho * f) * W + wo * f;
+      if (p.reduce == BlockReduce::Max) {
+        const T* sblock = s + b * p.s_stride[0] + ho * f * p.s_stride[1] + wo * f * p.s_stride[2];
+        const Index arg = block_argmax<T, Acc>(sblock, p.s_stride[1], p.s_stride[2], f);
+        for (Index i = 0; i < f; ++i)
+          for (Index j = 0; j < f; ++j) block[i * W + j] = (i * f + j == arg) ? g : T(0.0f);
+      } else {
+        const T share = static_cast<T>(static_cast<Acc>(g) / static_cast<Acc>(f * f));
+        for (Index i = 0; i < f; ++i)
+          for (Index j = 0; j < f; ++j) block[i * W + j] = share;
+      }
+    }
+  }
+}
+
+// Largest element offset either kernel forms, to choose the index width.
+bool fits_int32(const UnshuffleParams& p) {
+  const int64_t out_elems = p.batch * p.out_channels() * p.out_height() * p.out_width();
+  int64_t x_span = 1, s_span = 1;
+  const int64_t xs[4] = {p.batch, p.channels, p.height, p.width};
+  for (int d = 0; d < 4; ++d) x_span += (xs[d] - 1) * p.x_stride[d];
+  s_span += (p.batch - 1) * p.s_stride[0] + (p.height - 1) * p.s_stride[1] + (p.width - 1) * p.s_stride[2];
+  const int64_t limit = (int64_t{1} << 31) - 1;
+  return out_elems < limit && x_span < limit && s_span < limit &&
+         p.batch * p.channels * p.height * p.width < limit;
+}
+
+int64_t work_items(const UnshuffleParams& p) {
+  return p.batch * p.channels * p.height * p.out_width() + p.batch * p.out_height() * p.out_width();
+}
+
+}  // namespace
+
+cudaError_t launch_pixel_unshuffle_concat(ScalarKind kind, const UnshuffleParams& p, const void* x,
+                                          const void* saliency, void* out, cudaStream_t stream) {
+  const int64_t work = work_items(p);
+  if (work == 0) return cudaSuccess;
+  return dispatch_kind(kind, [&](auto tag) {
+    using T = decltype(tag);
+    const unsigned grid = blocks_for(work, kThreads);
+    if (fits_int32(p))
+      unshuffle_forward<T, int32_t><<<grid, kThreads, 0, stream>>>(
+          p, static_cast<const T*>(x), static_cast<const T*>(saliency), static_cast<T*>(out));
+    else
+      unshuffle_forward<T, int64_t><<<grid, kThreads, 0, stream>>>(
+          p, static_cast<const T*>(x), static_cast<const T*>(saliency), static_cast<T*>(out));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t launch_pixel_unshuffle_concat_backward(ScalarKind kind, const UnshuffleParams& p,
+                                                   const void* grad_out, const void* saliency,
+                                                   void* grad_x, void* grad_s, cudaStream_t stream) {
+  const int64_t work = work_items(p);
+  if (work == 0) return cudaSuccess;
+  return dispatch_kind(kind, [&](auto tag) {
+    using T = decltype(tag);
+    const unsigned grid = blocks_for(work, kThreads);
+    if (fits_int32(p))
+      unshuffle_backward<T, int32_t><<<grid, kThreads, 0, stream>>>(
+          p, static_cast<const T*>(grad_out), static_cast<const T*>(saliency),
+          static_cast<T*>(grad_x), static_cast<T*>(grad_s));
+    else
+      unshuffle_backward<T, int64_t><<<grid, kThreads, 0, stream>>>(
+          p, static_cast<const T*>(grad_out), static_cast<const T*>(saliency),
+          static_cast<T*>(grad_x), static_cast<T*>(grad_s));
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace pgsl

@@ -1,0 +1,15 @@
+// Every pgsl_ext op schema, in one place. Kernels register themselves per
+// dispatch key in csrc/cpu/ and csrc/cuda/; fake kernels and autograd are
+// registered in Python (pgsl_ext/ops.py).
+#include <torch/library.h>
+
+TORCH_LIBRARY(pgsl_ext, m) {
+  m.def("soft_threshold(Tensor x, float tau) -> Tensor");
+  m.def("soft_threshold.Tensor(Tensor x, Tensor tau) -> Tensor");
+  m.def(
+      "pixel_unshuffle_concat(Tensor x, Tensor saliency, int factor=2, str reduce=\"max\") -> "
+      "Tensor");
+  m.def(
+      "pixel_unshuffle_concat_backward(Tensor grad_out, Tensor saliency, int channels, "
+      "int factor, str reduce) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,187 @@
+"""Typed wrappers for the ``torch.ops.pgsl_ext`` ops, with their fake kernels and autograd.
+
+This is the only module that touches ``torch.ops.pgsl_ext``. Every op here is a real torch
+custom op: it dispatches to CPU or CUDA kernels, works under ``torch.compile`` (fake kernels
+below) and is differentiable (``torch.library.register_autograd``). Plain-PyTorch definitions
+of the same maths live in :mod:`pgsl_ext.reference`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Tuple, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["soft_threshold", "pixel_unshuffle_concat"]
+
+_ops = torch.ops.pgsl_ext
+
+
+def _require_tensor(value, op: str, arg: str) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{op}: expected `{arg}` to be a torch.Tensor, but got {type(value).__name__}")
+
+
+# --------------------------------------------------------------------------- soft_threshold
+
+
+def soft_threshold(x: Tensor, tau: Union[float, Tensor]) -> Tensor:
+    r"""Soft thresholding, the proximal operator of :math:`\tau \lVert x \rVert_1`.
+
+    .. math:: y = \operatorname{sign}(x) \max(|x| - \tau, 0)
+
+    Args:
+        x (Tensor[...]): any shape and strides; float16, bfloat16, float32 or float64.
+        tau (float or Tensor): threshold ``>= 0``. A tensor must broadcast *to* ``x``
+            (e.g. one threshold per matrix, shape ``(..., 1, 1)``), live on ``x``'s device
+            and hold no negative or NaN entry; it is cast to ``x``'s dtype.
+
+    Returns:
+        Tensor[...]: same shape, dtype, device and memory layout as ``x``. float16/bfloat16
+        are computed in float32. NaN in ``x`` stays NaN; ``±inf`` stays ``±inf``.
+
+    Gradient: ``d y / d x = 1`` where ``|x| > tau``, else ``0``; for a tensor ``tau``,
+    ``d y / d tau = -sign(x)`` there (summed over the broadcast dims).
+
+    Raises:
+        TypeError: ``x`` not a floating tensor, or ``tau`` neither a real number nor a tensor.
+        ValueError: ``tau`` negative or NaN, or a ``tau`` tensor that does not broadcast to ``x``.
+    """
+    _require_tensor(x, "soft_threshold", "x")
+    if isinstance(tau, Tensor):
+        return _ops.soft_threshold.Tensor(x, tau)
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
+        raise TypeError(
+            f"soft_threshold: expected `tau` to be a float >= 0 or a Tensor, but got {type(tau).__name__}"
+        )
+    return _ops.soft_threshold.default(x, float(tau))
+
+
+@torch.library.register_fake("pgsl_ext::soft_threshold")
+def _soft_threshold_fake(x: Tensor, tau: float) -> Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("pgsl_ext::soft_threshold.Tensor")
+def _soft_threshold_tensor_fake(x: Tensor, tau: Tensor) -> Tensor:
+    return torch.empty_like(x)
+
+
+def _soft_threshold_setup(ctx, inputs, output) -> None:
+    x, tau = inputs
+    if isinstance(tau, Tensor):
+        ctx.save_for_backward(x, tau)
+        ctx.tau = None
+    else:
+        ctx.save_for_backward(x)
+        ctx.tau = tau
+
+
+def _soft_threshold_backward(ctx, grad: Tensor):
+    if ctx.tau is not None:
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() > ctx.tau), None
+    x, tau = ctx.saved_tensors
+    passed = x.abs() > tau
+    grad_x = grad * passed if ctx.needs_input_grad[0] else None
+    grad_tau = None
+    if ctx.needs_input_grad[1]:
+        grad_tau = (-(grad * torch.sign(x) * passed)).sum_to_size(tau.shape).to(tau.dtype)
+    return grad_x, grad_tau
+
+
+torch.library.register_autograd(
+    "pgsl_ext::soft_threshold", _soft_threshold_backward, setup_context=_soft_threshold_setup
+)
+torch.library.register_autograd(
+    "pgsl_ext::soft_threshold.Tensor", _soft_threshold_backward, setup_context=_soft_threshold_setup
+)
+
+
+# --------------------------------------------------------------------------- pixel_unshuffle_concat
+
+
+def pixel_unshuffle_concat(x: Tensor, saliency: Tensor, factor: int = 2, reduce: str = "max") -> Tensor:
+    r"""Space-to-depth of ``x`` with a pooled saliency map as one extra channel, in one pass.
+
+    PGSL's client input: the attacked image is pixel-unshuffled and the attack's
+    perturbation map, pooled to the same resolution, is concatenated.
+
+    .. math::
+        \mathrm{out}[b, c f^2 + i f + j, h, w] = x[b, c, h f + i, w f + j], \qquad
+        \mathrm{out}[b, C f^2, h, w] = \operatorname{reduce}_{i, j < f}\, s[b, 0, h f + i, w f + j]
+
+    The first ``C*f*f`` channels equal ``torch.nn.functional.pixel_unshuffle(x, f)`` exactly.
+
+    Args:
+        x (Tensor[B, C, H, W]): any strides; float16, bfloat16, float32 or float64.
+        saliency (Tensor[B, 1, H, W]): same dtype and device as ``x``, any strides.
+        factor (int): the downscale factor ``f >= 1``; ``H`` and ``W`` must be divisible by it.
+        reduce (str): ``"max"`` (NaN propagates, as in ``max_pool2d``) or ``"mean"`` (summed in
+            float32 for 16-bit dtypes) over each ``f x f`` block.
+
+    Returns:
+        Tensor[B, C*f*f + 1, H/f, W/f]: contiguous.
+
+    Gradient: the inverse permutation for ``x``; for ``saliency`` the block's gradient goes to
+    its arg-max (the first one, row-major, on ties) with ``"max"``, or is split evenly with
+    ``"mean"``.
+
+    Raises:
+        ValueError: wrong rank, ``saliency`` not one channel, batch or spatial size mismatch,
+            ``H``/``W`` not divisible by ``factor``, ``factor < 1``, unknown ``reduce``.
+        TypeError: non-floating ``x`` or a dtype mismatch between ``x`` and ``saliency``.
+    """
+    _require_tensor(x, "pixel_unshuffle_concat", "x")
+    _require_tensor(saliency, "pixel_unshuffle_concat", "saliency")
+    return _ops.pixel_unshuffle_concat.default(x, saliency, factor, reduce)
+
+
+def _unshuffle_out_shape(x: Tensor, saliency: Tensor, factor: int) -> Tuple[int, int, int, int]:
+    op = "pixel_unshuffle_concat"
+    torch._check(x.dim() == 4, lambda: f"{op}: expected `x` of shape (B, C, H, W), got {tuple(x.shape)}")
+    torch._check(
+        saliency.dim() == 4 and saliency.shape[1] == 1,
+        lambda: f"{op}: expected `saliency` of shape (B, 1, H, W), got {tuple(saliency.shape)}",
+    )
+    torch._check(factor >= 1, lambda: f"{op}: expected `factor` >= 1, got {factor}")
+    b, c, h, w = x.shape
+    torch._check(
+        h % factor == 0 and w % factor == 0,
+        lambda: f"{op}: expected the height and width of `x` divisible by `factor` = {factor}, got ({h}, {w})",
+    )
+    return b, c * factor * factor + 1, h // factor, w // factor
+
+
+@torch.library.register_fake("pgsl_ext::pixel_unshuffle_concat")
+def _pixel_unshuffle_concat_fake(x: Tensor, saliency: Tensor, factor: int = 2, reduce: str = "max") -> Tensor:
+    return x.new_empty(_unshuffle_out_shape(x, saliency, factor))
+
+
+@torch.library.register_fake("pgsl_ext::pixel_unshuffle_concat_backward")
+def _pixel_unshuffle_concat_backward_fake(grad_out, saliency, channels, factor, reduce):
+    b, _, h, w = saliency.shape
+    return saliency.new_empty((b, channels, h, w)), saliency.new_empty(saliency.shape)
+
+
+def _pixel_unshuffle_concat_setup(ctx, inputs, output) -> None:
+    x, saliency, factor, reduce = inputs
+    ctx.save_for_backward(saliency)
+    ctx.channels, ctx.factor, ctx.reduce = x.shape[1], factor, reduce
+
+
+def _pixel_unshuffle_concat_backward(ctx, grad: Tensor):
+    (saliency,) = ctx.saved_tensors
+    grad_x, grad_s = _ops.pixel_unshuffle_concat_backward.default(
+        grad, saliency, ctx.channels, ctx.factor, ctx.reduce
+    )
+    return grad_x, grad_s, None, None
+
+
+torch.library.register_autograd(
+    "pgsl_ext::pixel_unshuffle_concat",
+    _pixel_unshuffle_concat_backward,
+    setup_context=_pixel_unshuffle_concat_setup,
+)
