@@ -22,11 +22,18 @@ def soft_threshold(x: Tensor, tau: Union[float, Tensor]) -> Tensor:
 
 
 def pixel_unshuffle_concat(x: Tensor, saliency: Tensor, factor: int = 2, reduce: str = "max") -> Tensor:
-    """``cat([pixel_unshuffle(x, f), pool_f(saliency)], dim=1)`` with max or mean pooling."""
+    """``cat([pixel_unshuffle(x, f), pool_f(saliency)], dim=1)`` with max or mean pooling.
+
+    The unshuffle is spelled out as a reshape/permute (what ``F.pixel_unshuffle`` computes), so
+    that it also holds for an empty batch, where ``F.pixel_unshuffle`` returns the wrong shape.
+    """
     if reduce == "max":
         pooled = F.max_pool2d(saliency, factor)
     elif reduce == "mean":
         pooled = F.avg_pool2d(saliency, factor)
     else:
         raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
-    return torch.cat([F.pixel_unshuffle(x, factor), pooled], dim=1)
+    b, c, h, w = x.shape
+    blocks = x.reshape(b, c, h // factor, factor, w // factor, factor)
+    unshuffled = blocks.permute(0, 1, 3, 5, 2, 4).reshape(b, c * factor * factor, h // factor, w // factor)
+    return torch.cat([unshuffled, pooled], dim=1)
