@@ -7,6 +7,7 @@
 
 #include "pgsl/macros.h"
 #include "pgsl/pixel_unshuffle.h"
+#include "pgsl/svd_jacobi.h"
 
 namespace pgsl {
 
@@ -34,5 +35,26 @@ cudaError_t launch_pixel_unshuffle_concat(ScalarKind kind, const UnshuffleParams
 cudaError_t launch_pixel_unshuffle_concat_backward(ScalarKind kind, const UnshuffleParams& p,
                                                    const void* grad_out, const void* saliency,
                                                    void* grad_x, void* grad_s, cudaStream_t stream);
+
+// Small-matrix SVT and RPCA, one matrix per thread (pgsl/svd_jacobi.h and
+// pgsl/rpca.h with L = 1). `workspace` holds small_*_workspace(g) elements of
+// the matrix dtype; tau / mu0 are (B,) in that dtype.
+int64_t small_svt_workspace(const SmallBatchGeometry& g);
+int64_t small_rpca_workspace(const SmallBatchGeometry& g);
+
+cudaError_t launch_small_svt(ScalarKind kind, const SmallBatchGeometry& g, const void* x,
+                             const void* tau, void* out, int* kept, void* workspace,
+                             cudaStream_t stream);
+
+struct RpcaKernelOptions {
+  double lam, tol;
+  int64_t max_iter;
+  bool continuation;
+};
+
+cudaError_t launch_small_rpca(ScalarKind kind, const SmallBatchGeometry& g, const void* x,
+                              const void* mu0, const RpcaKernelOptions& options, void* low_rank,
+                              void* sparse, int64_t* iterations, bool* converged, void* workspace,
+                              cudaStream_t stream);
 
 }  // namespace pgsl
