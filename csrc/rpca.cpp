@@ -72,7 +72,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_batched(
   at::Tensor t = at::ones({batch}, opts), tp = at::ones({batch}, opts);
   at::Tensor mu = mu0 * r.scale;
   at::Tensor mu_floor = kContinuationFloor * mu;
-  at::Tensor x_norm = at::linalg_vector_norm(X, 2, {-2, -1}).clamp_min(std::numeric_limits<double>::min());
+  at::Tensor x_norm = at::linalg_vector_norm(X, 2, {-2, -1});
+  x_norm = at::where(x_norm > 0, x_norm, at::ones_like(x_norm));  // a zero X: residual 0, no 0/0
   SvtOptions svt_opts;
   svt_opts.rank = o.rank;
   for (int64_t k = 1; k <= o.max_iter && index.numel() > 0; ++k) {

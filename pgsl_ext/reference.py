@@ -88,7 +88,8 @@ def rpca(
     mu_floor = 1e-5 * mu_k
     L, Lp, S, Sp = (torch.zeros_like(X) for _ in range(4))
     t = tp = X.new_ones(b)
-    x_norm = torch.linalg.vector_norm(X, dim=(-2, -1)).clamp_min(torch.finfo(x.dtype).tiny)
+    x_norm = torch.linalg.vector_norm(X, dim=(-2, -1))
+    x_norm = torch.where(x_norm > 0, x_norm, torch.ones_like(x_norm))  # a zero X: residual 0
     active = torch.ones(b, dtype=torch.bool, device=x.device)
     converged = torch.zeros(b, dtype=torch.bool, device=x.device)
     iterations = torch.zeros(b, dtype=torch.int64, device=x.device)
