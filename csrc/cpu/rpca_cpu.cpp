@@ -32,7 +32,7 @@ struct RpcaBatch {
 };
 
 template <typename T, int L>
-void rpca_range(const RpcaBatch<T>& b, int64_t begin, int64_t end) {
+PGSL_CPU_INLINE void rpca_range(const RpcaBatch<T>& b, int64_t begin, int64_t end) {
   const int64_t M = b.g.rows(), N = b.g.cols();
   std::vector<T> workspace(RpcaLanes<T, L>::workspace(M, N));
   RpcaLanes<T, L> s;
@@ -67,7 +67,7 @@ void rpca_range(const RpcaBatch<T>& b, int64_t begin, int64_t end) {
 }
 
 template <typename T, int L>
-inline void rpca_range_dispatch(const RpcaBatch<T>& b, int64_t begin, int64_t end) {
+PGSL_CPU_INLINE void rpca_range_dispatch(const RpcaBatch<T>& b, int64_t begin, int64_t end) {
   if (end - begin >= L) rpca_range<T, L>(b, begin, end);
   else rpca_range<T, 1>(b, begin, end);
 }

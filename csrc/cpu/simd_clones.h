@@ -9,3 +9,11 @@
 #else
 #define PGSL_CPU_CLONES
 #endif
+
+// For the helpers a cloned function calls: a call that is not inlined would
+// run the baseline build of the callee.
+#if defined(__GNUC__)
+#define PGSL_CPU_INLINE inline __attribute__((always_inline))
+#else
+#define PGSL_CPU_INLINE inline
+#endif

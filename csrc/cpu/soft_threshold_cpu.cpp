@@ -20,7 +20,7 @@ constexpr const char* kOp = "pgsl_ext.soft_threshold";
 // and a loop-invariant tau. The target_clones pick AVX-512/AVX2 code at load
 // time where the CPU has it, like ATen's own dispatch.
 template <typename T>
-inline void shrink_run(T* out, const T* x, T tau, int64_t n) {
+PGSL_CPU_INLINE void shrink_run(T* out, const T* x, T tau, int64_t n) {
   for (int64_t k = 0; k < n; ++k) out[k] = soft_threshold_value<T>(x[k], tau);
 }
 PGSL_CPU_CLONES void shrink_run_f32(float* out, const float* x, float tau, int64_t n) {

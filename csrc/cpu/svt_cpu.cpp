@@ -27,7 +27,7 @@ struct SmallBatch {
 
 // Matrices [first, first + L) as one lane group.
 template <typename T, int L>
-inline void svt_lane_group(const SmallBatch<T>& b, int64_t first, T* A, T* V) {
+PGSL_CPU_INLINE void svt_lane_group(const SmallBatch<T>& b, int64_t first, T* A, T* V) {
   auto load = [&](int l, int64_t r, int64_t c) { return b.x[b.g.in_offset(first + l, r, c)]; };
   auto store = [&](int l, int64_t r, int64_t c, T v) { b.out[b.g.out_offset(first + l, r, c)] = v; };
   svt_group<T, L>(b.g.rows(), b.g.cols(), load, store, b.tau + first, A, V, b.kept + first,
@@ -35,7 +35,7 @@ inline void svt_lane_group(const SmallBatch<T>& b, int64_t first, T* A, T* V) {
 }
 
 template <typename T, int L>
-inline void svt_range(const SmallBatch<T>& b, int64_t begin, int64_t end) {
+PGSL_CPU_INLINE void svt_range(const SmallBatch<T>& b, int64_t begin, int64_t end) {
   std::vector<T> A(b.g.rows() * b.g.cols() * L), V(b.g.cols() * b.g.cols() * L);
   int64_t i = begin;
   for (; i + L <= end; i += L) svt_lane_group<T, L>(b, i, A.data(), V.data());

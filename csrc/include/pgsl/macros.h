@@ -16,8 +16,11 @@
 // nothing on the device, where a thread runs one lane.
 #if defined(_OPENMP) && !defined(__CUDA_ARCH__)
 #define PGSL_SIMD _Pragma("omp simd")
+// ... and OR-reduce the int `any` across them.
+#define PGSL_SIMD_ANY _Pragma("omp simd reduction(|:any)")
 #else
 #define PGSL_SIMD
+#define PGSL_SIMD_ANY
 #endif
 
 #include <cstdint>

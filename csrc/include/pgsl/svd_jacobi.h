@@ -74,13 +74,14 @@ PGSL_HOST_DEVICE T exact_scale_for(T max_abs) {
 // [a_i, a_j] <- [a_i, a_j] [[c, s], [-s, c]] for `rows` rows of each lane.
 template <typename T, int L>
 PGSL_HOST_DEVICE void rotate_columns(T* ai, T* aj, int64_t rows, const T* c, const T* s) {
-  PGSL_SIMD
-  for (int l = 0; l < L; ++l) {
-    const T cl = c[l], sl = s[l];
-    for (int64_t r = 0; r < rows; ++r) {
-      const T xi = ai[r * L + l], yj = aj[r * L + l];
-      ai[r * L + l] = cl * xi - sl * yj;
-      aj[r * L + l] = sl * xi + cl * yj;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* x = ai + r * L;
+    T* y = aj + r * L;
+    PGSL_SIMD
+    for (int l = 0; l < L; ++l) {
+      const T xi = x[l], yj = y[l];
+      x[l] = c[l] * xi - s[l] * yj;
+      y[l] = s[l] * xi + c[l] * yj;
     }
   }
 }
@@ -101,22 +102,20 @@ PGSL_HOST_DEVICE int jacobi_sweeps(T* A, T* V, int64_t M, int64_t N, int max_swe
         T* ai = A + i * M * L;
         T* aj = A + j * M * L;
         T alpha[L], beta[L], gamma[L], c[L], s[L];
-        // Lanes outermost: the compiler vectorises across lanes (outer-loop
-        // SIMD), each lane running its own dot products down the rows.
         PGSL_SIMD
-        for (int l = 0; l < L; ++l) {
-          T aa = T(0), bb = T(0), ab = T(0);
-          for (int64_t r = 0; r < M; ++r) {
-            const T x = ai[r * L + l], y = aj[r * L + l];
-            aa += x * x;
-            bb += y * y;
-            ab += x * y;
+        for (int l = 0; l < L; ++l) alpha[l] = beta[l] = gamma[l] = T(0);
+        for (int64_t r = 0; r < M; ++r) {
+          const T* x = ai + r * L;
+          const T* y = aj + r * L;
+          PGSL_SIMD
+          for (int l = 0; l < L; ++l) {
+            alpha[l] += x[l] * x[l];
+            beta[l] += y[l] * y[l];
+            gamma[l] += x[l] * y[l];
           }
-          alpha[l] = aa;
-          beta[l] = bb;
-          gamma[l] = ab;
         }
         int any = 0;
+        PGSL_SIMD_ANY
         for (int l = 0; l < L; ++l) any |= int(jacobi_rotation<T>(alpha[l], beta[l], gamma[l], tol, c[l], s[l]));
         if (!any) continue;
         rotated = true;
@@ -133,6 +132,7 @@ template <typename T, int L>
 PGSL_HOST_DEVICE void set_identity(T* V, int64_t N) {
   for (int64_t c = 0; c < N; ++c)
     for (int64_t r = 0; r < N; ++r)
+      PGSL_SIMD
       for (int l = 0; l < L; ++l) V[(c * N + r) * L + l] = r == c ? T(1) : T(0);
 }
 
@@ -142,11 +142,14 @@ template <typename T, int L>
 PGSL_HOST_DEVICE void multiply_right(T* A, const T* V, int64_t M, int64_t N, T* row) {
   for (int64_t r = 0; r < M; ++r) {
     for (int64_t c = 0; c < N; ++c) {
+      PGSL_SIMD
       for (int l = 0; l < L; ++l) row[c * L + l] = T(0);
       for (int64_t k = 0; k < N; ++k)
+        PGSL_SIMD
         for (int l = 0; l < L; ++l) row[c * L + l] += A[(k * M + r) * L + l] * V[(c * N + k) * L + l];
     }
     for (int64_t c = 0; c < N; ++c)
+      PGSL_SIMD
       for (int l = 0; l < L; ++l) A[(c * M + r) * L + l] = row[c * L + l];
   }
 }
@@ -157,14 +160,18 @@ PGSL_HOST_DEVICE void multiply_right(T* A, const T* V, int64_t M, int64_t N, T* 
 template <typename T, int L>
 PGSL_HOST_DEVICE void shrink_columns(T* A, int64_t M, int64_t N, const T* tau, T* sigma, int* kept) {
   if (kept != nullptr)
+    PGSL_SIMD
     for (int l = 0; l < L; ++l) kept[l] = 0;
   for (int64_t c = 0; c < N; ++c) {
     T* a = A + c * M * L;
     T norm2[L];
+    PGSL_SIMD
     for (int l = 0; l < L; ++l) norm2[l] = T(0);
     for (int64_t r = 0; r < M; ++r)
+      PGSL_SIMD
       for (int l = 0; l < L; ++l) norm2[l] += a[r * L + l] * a[r * L + l];
     T f[L];
+    PGSL_SIMD
     for (int l = 0; l < L; ++l) {
       const T sig = std::sqrt(norm2[l]);
       if (sigma != nullptr) sigma[c * L + l] = sig;
@@ -172,6 +179,7 @@ PGSL_HOST_DEVICE void shrink_columns(T* A, int64_t M, int64_t N, const T* tau, T
       if (kept != nullptr && sig > tau[l]) ++kept[l];
     }
     for (int64_t r = 0; r < M; ++r)
+      PGSL_SIMD
       for (int l = 0; l < L; ++l) a[r * L + l] *= f[l];
   }
 }
@@ -183,8 +191,10 @@ PGSL_HOST_DEVICE void reconstruct(const T* A, const T* V, int64_t M, int64_t N, 
   for (int64_t c = 0; c < N; ++c) {
     for (int64_t r = 0; r < M; ++r) {
       T acc[L];
+      PGSL_SIMD
       for (int l = 0; l < L; ++l) acc[l] = T(0);
       for (int64_t k = 0; k < N; ++k)
+        PGSL_SIMD
         for (int l = 0; l < L; ++l) acc[l] += A[(k * M + r) * L + l] * V[(k * N + c) * L + l];
       for (int l = 0; l < L; ++l) store(l, r, c, acc[l]);
     }
@@ -221,6 +231,7 @@ PGSL_HOST_DEVICE int svt_group(int64_t M, int64_t N, Load&& load, Store&& store,
                                T* A, T* V, int* kept, int max_sweeps) {
   T amax[L], scale[L], tau[L];
   bool finite[L];
+  PGSL_SIMD
   for (int l = 0; l < L; ++l) {
     amax[l] = T(0);
     finite[l] = true;
@@ -234,11 +245,13 @@ PGSL_HOST_DEVICE int svt_group(int64_t M, int64_t N, Load&& load, Store&& store,
         finite[l] = finite[l] && ok;
         amax[l] = ok && std::fabs(v) > amax[l] ? std::fabs(v) : amax[l];
       }
+  PGSL_SIMD
   for (int l = 0; l < L; ++l) {
     scale[l] = exact_scale_for<T>(amax[l]);
     tau[l] = tau_in[l] * scale[l];
   }
   for (int64_t k = 0; k < M * N; ++k)
+    PGSL_SIMD
     for (int l = 0; l < L; ++l) A[k * L + l] = finite[l] ? A[k * L + l] * scale[l] : T(0);
   set_identity<T, L>(V, N);
   const int sweeps = jacobi_sweeps<T, L>(A, V, M, N, max_sweeps);
