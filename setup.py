@@ -79,7 +79,7 @@ def nvidia_wheel_includes():
 def extension():
     with_cuda, why = want_cuda()
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    cxx = ["-O3", "-std=c++20", "-fno-math-errno", "-fno-trapping-math", *openmp]
+    cxx = ["-O3", "-std=c++20", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", *openmp]
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     define_macros = []
     kwargs = {}
