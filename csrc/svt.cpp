@@ -84,15 +84,25 @@ std::tuple<at::Tensor, at::Tensor> svt_blocked(const at::Tensor& x3, const at::T
 
 std::tuple<at::Tensor, at::Tensor> svt_exact(const at::Tensor& x3, const at::Tensor& tau,
                                              SmallSvtKernel small) {
-  const int64_t m = x3.size(1), n = x3.size(2);
-  if (std::min(m, n) <= kJacobiMaxN) {
-    at::Tensor out = at::empty({x3.size(0), m, n}, x3.options());
-    at::Tensor kept = at::empty({x3.size(0)}, x3.options().dtype(at::kInt));
-    if (x3.numel() > 0) small(x3, tau, out, kept);
-    else kept.zero_();
-    return {out, kept};
+  const int64_t m = x3.size(1), n = x3.size(2), lo = std::min(m, n), hi = std::max(m, n);
+  if (lo > kJacobiMaxN) return svt_blocked(x3, tau);
+  if (x3.numel() > 0 && hi > 2 * lo) {
+    // Tall (or wide) and thin: QR-precondition (Q R = x, or its transpose), run the Jacobi
+    // kernel on the small square R, and map back: svt(Q R) = Q svt(R) for orthonormal Q.
+    // Householder QR needs no rescaling (its norms are overflow-safe) and the kernel rescales
+    // R itself; a non-finite matrix stays confined to its own Q and R, and R's all-NaN
+    // result makes its output all-NaN.
+    const bool wide = m < n;
+    auto [q, upper] = at::linalg_qr(wide ? x3.mT() : x3, "reduced");
+    auto [small_out, kept] = svt_exact(upper, tau, small);
+    const at::Tensor out = at::matmul(q, small_out);
+    return {wide ? out.mT().contiguous() : out.contiguous(), kept};
   }
-  return svt_blocked(x3, tau);
+  at::Tensor out = at::empty({x3.size(0), m, n}, x3.options());
+  at::Tensor kept = at::empty({x3.size(0)}, x3.options().dtype(at::kInt));
+  if (x3.numel() > 0) small(x3, tau, out, kept);
+  else kept.zero_();
+  return {out, kept};
 }
 
 namespace {
@@ -110,20 +120,19 @@ at::Tensor svt_randomized(const at::Tensor& x3, const at::Tensor& tau, const Svt
                           SmallSvtKernel small) {
   const int64_t m = x3.size(1), n = x3.size(2), full = std::min(m, n);
   int64_t sketch = std::min(*o.rank + o.oversample, full);
-  const Rescaled r = rescale(x3);
-  const at::Tensor& xs = r.x;
-  const at::Tensor tau_s = tau * r.scale;
+  // GEMMs and Householder QR need no rescaling, and the small exact SVT rescales itself; a
+  // non-finite matrix only ever mixes with itself, so its result is all-NaN, as elsewhere.
   while (sketch < full) {
     const at::Tensor omega = at::randn({x3.size(0), n, sketch}, o.generator, x3.options());
-    at::Tensor q = orthonormal_basis(at::matmul(xs, omega));
+    at::Tensor q = orthonormal_basis(at::matmul(x3, omega));
     for (int64_t it = 0; it < o.power_iters; ++it) {
-      q = orthonormal_basis(at::matmul(xs.mT(), q));
-      q = orthonormal_basis(at::matmul(xs, q));
+      q = orthonormal_basis(at::matmul(x3.mT(), q));
+      q = orthonormal_basis(at::matmul(x3, q));
     }
-    const at::Tensor projected = at::matmul(q.mT(), xs);  // (B, sketch, n)
-    auto [small_out, kept] = svt_exact(projected, tau_s, small);
+    const at::Tensor projected = at::matmul(q.mT(), x3);  // (B, sketch, n)
+    auto [small_out, kept] = svt_exact(projected, tau, small);
     if (kept.numel() == 0 || kept.max().item<int64_t>() < sketch) {
-      return r.restore(at::matmul(q, small_out));
+      return at::matmul(q, small_out).contiguous();
     }
     sketch = std::min(2 * sketch, full);
   }

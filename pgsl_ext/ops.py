@@ -9,10 +9,12 @@ of the same maths live in :mod:`pgsl_ext.reference`.
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from ._types import RPCAResult
 
 __all__ = ["soft_threshold", "pixel_unshuffle_concat", "svt", "rpca", "RPCAResult"]
 
@@ -210,7 +212,8 @@ def svt(
         tau (float or Tensor[...]): threshold ``>= 0``; a tensor gives one per matrix (shape
             ``x.shape[:-2]``, or broadcastable to it).
         rank (int, optional): ``None`` computes exactly: a batched one-sided Jacobi kernel when
-            ``min(m, n) <= 32`` (high relative accuracy, no Gram matrix), a blocked LAPACK /
+            ``min(m, n) <= 64`` (high relative accuracy, no Gram matrix; QR-preconditioned when
+            ``max(m, n) > 2 min(m, n)``), a blocked LAPACK /
             cuSOLVER SVD otherwise. ``rank=k`` uses a randomized SVD (Halko, Martinsson & Tropp
             2011) with a sketch of ``k + oversample`` columns; when the thresholded rank of some
             matrix reaches the sketch size the sketch is doubled (up to the exact path), so the
@@ -267,22 +270,6 @@ for _overload in ("pgsl_ext::svt", "pgsl_ext::svt.Tensor", "pgsl_ext::rpca"):
 # --------------------------------------------------------------------------- rpca
 
 
-class RPCAResult(NamedTuple):
-    """Result of :func:`rpca`.
-
-    Attributes:
-        low_rank (Tensor[..., m, n]): L.
-        sparse (Tensor[..., m, n]): S.
-        iterations (Tensor[...], int64): iterations run per matrix.
-        converged (Tensor[...], bool): whether the matrix met ``tol`` within ``max_iter``.
-    """
-
-    low_rank: Tensor
-    sparse: Tensor
-    iterations: Tensor
-    converged: Tensor
-
-
 def rpca(
     x: Tensor,
     *,
@@ -317,7 +304,7 @@ def rpca(
 
     Returns:
         RPCAResult: ``(low_rank, sparse, iterations, converged)``. Matrices with
-        ``min(m, n) <= 32`` run the whole loop inside the extension (fused, warm-started Jacobi
+        ``min(m, n) <= 64`` run the whole loop inside the extension (fused, warm-started Jacobi
         SVT, converged matrices stop costing work); others run a batched loop that only computes
         matrices still iterating. A matrix holding NaN/Inf yields all-NaN ``low_rank`` and
         ``sparse``, ``iterations = 0`` and ``converged = False``; the rest are unaffected.

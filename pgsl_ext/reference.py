@@ -8,11 +8,13 @@ fall back to these.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ._types import RPCAResult
 
 __all__ = ["soft_threshold", "pixel_unshuffle_concat", "svt", "rpca", "RPCAResult"]
 
@@ -48,16 +50,6 @@ def svt(x: Tensor, tau: Union[float, Tensor]) -> Tensor:
     u, s, vh = torch.linalg.svd(x, full_matrices=False)
     tau = torch.as_tensor(tau, dtype=x.dtype, device=x.device)
     return (u * (s - tau[..., None]).clamp_min(0).unsqueeze(-2)) @ vh
-
-
-class RPCAResult(NamedTuple):
-    """Result of :func:`rpca`: ``low_rank`` and ``sparse`` are ``(..., m, n)``; ``iterations``
-    (int64) and ``converged`` (bool) are per matrix, ``x.shape[:-2]``."""
-
-    low_rank: Tensor
-    sparse: Tensor
-    iterations: Tensor
-    converged: Tensor
 
 
 def rpca(

@@ -24,7 +24,7 @@ def _low_rank_plus_sparse(batch, m, n, rank, density, seed, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", [(19, 14, 14), (3, 6, 9), (2, 2, 9, 5), (1, 1, 6), (2, 40, 34)], ids=str)
+@pytest.mark.parametrize("shape", [(19, 14, 14), (3, 6, 9), (2, 2, 9, 5), (1, 1, 6), (2, 40, 34), (1, 70, 66)], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 def test_matches_reference_apg(device, shape, layout):
     x = with_layout(_matrices(shape, torch.float64, device, seed=1), layout)
@@ -38,7 +38,7 @@ def test_matches_reference_apg(device, shape, layout):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(24, 14, 14), (2, 40, 36)], ids=str)
+@pytest.mark.parametrize("shape", [(24, 14, 14), (2, 40, 36), (1, 72, 68)], ids=str)
 def test_optimality_conditions_at_the_returned_point(device, dtype, shape):
     x = _matrices(shape, dtype, device, seed=2)
     mu, lam = 0.55, 1 / 14**0.5
@@ -73,7 +73,7 @@ def test_randomized_svt_inside_matches_exact(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("n", [14, 40])
+@pytest.mark.parametrize("n", [14, 70])
 def test_zero_and_non_finite_matrices(device, n):
     x = _matrices((4, n, n), torch.float32, device)
     x[1] = 0

@@ -8,8 +8,8 @@ from pgsl_ext import ops, reference
 from conftest import DEVICES, with_layout
 
 REAL_DTYPES = [torch.float32, torch.float64]
-# min(m, n) <= 32: Jacobi kernel; larger: blocked path. Wide, tall, vectors, awkward sizes.
-SHAPES = [(37, 14, 14), (5, 9, 4), (6, 4, 9), (3, 1, 7), (3, 7, 1), (2, 3, 5, 5), (4, 32, 32), (17, 59, 3), (2, 40, 33), (1, 33, 97)]
+# min(m, n) <= 64: Jacobi kernel (QR-preconditioned when thin); larger: blocked path. Wide, tall, vectors, awkward sizes.
+SHAPES = [(37, 14, 14), (5, 9, 4), (6, 4, 9), (3, 1, 7), (3, 7, 1), (2, 3, 5, 5), (4, 32, 32), (17, 59, 3), (2, 40, 33), (1, 33, 97), (2, 70, 66)]
 
 
 def _matrices(shape, dtype, device, seed=0):
@@ -184,3 +184,27 @@ def test_bad_inputs_name_the_argument(device):
         ops.svt(x, 1.0, rank=2, power_iters=-1)
     with pytest.raises(NotImplementedError, match="not differentiable"):
         ops.svt(x.clone().requires_grad_(), 1.0).sum().backward()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(4, 150, 20), (4, 20, 150), (3, 300, 64)], ids=str)
+def test_tall_and_wide_thin_matrices_with_nan_and_extreme_scales(device, shape):
+    # The QR-preconditioned Jacobi path (max(m, n) > 2 min(m, n)).
+    x = _matrices(shape, torch.float64, device, seed=8)
+    assert _err(ops.svt(x, 1.0), reference.svt(x, 1.0)) < 1e-12
+    big = ops.svt((x * 1e20).float(), 1e20)
+    assert torch.isfinite(big).all()
+    assert _err(big.double() / 1e20, reference.svt(x, 1.0)) < 1e-5
+    bad = x.clone()
+    bad[1, 0, 0] = float("nan")
+    out = ops.svt(bad, 1.0)
+    assert torch.isnan(out[1]).all()
+    torch.testing.assert_close(out[[0, 2]], ops.svt(x[[0, 2]], 1.0), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_randomized_confines_non_finite_matrices(device):
+    x = _matrices((3, 90, 70), torch.float64, device, seed=9)
+    x[1, 5, 5] = float("inf")
+    out = ops.svt(x, 0.5, rank=10, generator=torch.Generator(device=device).manual_seed(0))
+    assert torch.isnan(out[1]).all() and torch.isfinite(out[[0, 2]]).all()

@@ -90,8 +90,9 @@ void small_rpca_typed(const at::Tensor& x3, const at::Tensor& mu0, const RpcaOpt
                  converged.mutable_data_ptr<bool>(), static_cast<T>(o.lam), static_cast<T>(o.tol),
                  o.max_iter, !o.mu.has_value()};
   constexpr int64_t L = std::is_same_v<T, float> ? 16 : 8;
-  // Ranges of several lane groups per task keep the lanes refilled.
-  at::parallel_for(0, x3.size(0), 4 * L, [&](int64_t begin, int64_t end) {
+  // at::parallel_for hands each thread one contiguous range (at least a lane group), whose
+  // matrices flow through the lanes.
+  at::parallel_for(0, x3.size(0), L, [&](int64_t begin, int64_t end) {
     if constexpr (std::is_same_v<T, float>) rpca_range_f32(b, begin, end);
     else rpca_range_f64(b, begin, end);
   });

@@ -55,8 +55,10 @@ void small_svt_typed(const at::Tensor& x3, const at::Tensor& tau, at::Tensor& ou
                   out.mutable_data_ptr<T>(), kept.mutable_data_ptr<int>()};
   constexpr int64_t L = std::is_same_v<T, float> ? 16 : 8;
   const int64_t groups = (x3.size(0) + L - 1) / L;
-  // A task of a few lane groups: each group is tens of microseconds of work.
-  at::parallel_for(0, groups, 4, [&](int64_t g0, int64_t g1) {
+  // Tasks of roughly 1e5 multiply-adds per sweep (a lane group costs ~ M N^2 L per sweep).
+  const int64_t group_cost = b.g.rows() * b.g.cols() * b.g.cols() * L;
+  const int64_t grain = std::max<int64_t>(1, 100000 / std::max<int64_t>(1, group_cost));
+  at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
     const int64_t begin = g0 * L, end = std::min(g1 * L, x3.size(0));
     if constexpr (std::is_same_v<T, float>) svt_range_f32(b, begin, end);
     else svt_range_f64(b, begin, end);

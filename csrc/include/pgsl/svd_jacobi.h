@@ -27,8 +27,9 @@ template <> struct Epsilon<float> { static constexpr float value = 1.1920929e-07
 template <> struct Epsilon<double> { static constexpr double value = 2.220446049250313e-16; };
 
 // Largest N handled by the Jacobi kernels; larger matrices take the blocked
-// (LAPACK / cuSOLVER) path.
-constexpr int kJacobiMaxN = 32;
+// (LAPACK / cuSOLVER) path. Up to 64 the batched kernel beats a batched
+// LAPACK SVD by far on the CPU (measured: 64 x 64 x 64).
+constexpr int kJacobiMaxN = 64;
 constexpr int kJacobiMaxSweeps = 40;
 
 // The rotation (c, s) that makes columns i, j orthogonal, given
