@@ -17,29 +17,44 @@ namespace {
 constexpr const char* kOp = "pgsl_ext.pixel_unshuffle_concat";
 constexpr const char* kBackwardOp = "pgsl_ext.pixel_unshuffle_concat_backward";
 
-// Rows per parallel task: roughly 32K elements, as ATen's GRAIN_SIZE.
-int64_t row_grain(int64_t row_elements) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, row_elements));
+// Planes (one (b, c) image channel, or one batch's saliency) per parallel task:
+// roughly ATen's GRAIN_SIZE elements. Whole planes keep index arithmetic (and
+// its integer divisions) out of the row loops.
+int64_t plane_grain(int64_t plane_elements) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, plane_elements));
 }
 
-// One input row x[b, c, h, :] -> f output rows. `kFactor` > 0 fixes the
-// factor at compile time (the common f = 2 with a unit stride vectorises).
-template <typename T, int kFactor>
+// One input row x[b, c, h, :] -> f output rows, `channel_stride` apart.
+template <typename T>
 void scatter_row(const T* row, int64_t sw, T* out, int64_t channel_stride, int64_t wo_count,
-                 int64_t factor) {
-  const int64_t f = kFactor > 0 ? kFactor : factor;
-  if (kFactor > 0 && sw == 1) {
-    for (int64_t wo = 0; wo < wo_count; ++wo)
-      unshuffle_run<T>(row + wo * f, 1, out + wo, channel_stride, f);
-  } else {
-    for (int64_t wo = 0; wo < wo_count; ++wo)
-      unshuffle_run<T>(row + wo * f * sw, sw, out + wo, channel_stride, f);
+                 int64_t f) {
+  if (f == 2 && sw == 1) {  // the common case, de-interleaved with vector shuffles
+    const T* __restrict__ in = row;
+    T* __restrict__ even = out;
+    T* __restrict__ odd = out + channel_stride;
+    for (int64_t wo = 0; wo < wo_count; ++wo) {
+      even[wo] = in[2 * wo];
+      odd[wo] = in[2 * wo + 1];
+    }
+    return;
   }
+  for (int64_t wo = 0; wo < wo_count; ++wo)
+    unshuffle_run<T>(row + wo * f * sw, sw, out + wo, channel_stride, f);
 }
 
-template <typename T, int kFactor>
-void gather_row(const T* in, int64_t channel_stride, T* row, int64_t wo_count, int64_t factor) {
-  const int64_t f = kFactor > 0 ? kFactor : factor;
+// The inverse: f rows of the unshuffled gradient -> one contiguous row.
+template <typename T>
+void gather_row(const T* in, int64_t channel_stride, T* row, int64_t wo_count, int64_t f) {
+  if (f == 2) {
+    const T* __restrict__ even = in;
+    const T* __restrict__ odd = in + channel_stride;
+    T* __restrict__ out = row;
+    for (int64_t wo = 0; wo < wo_count; ++wo) {
+      out[2 * wo] = even[wo];
+      out[2 * wo + 1] = odd[wo];
+    }
+    return;
+  }
   for (int64_t wo = 0; wo < wo_count; ++wo) shuffle_run<T>(in + wo, channel_stride, row + wo * f, 1, f);
 }
 
@@ -49,25 +64,24 @@ void forward(const UnshuffleParams& p, const T* x, const T* s, T* out) {
   const int64_t f = p.factor, C = p.channels, H = p.height;
   const int64_t Ho = p.out_height(), Wo = p.out_width(), OC = p.out_channels();
   const int64_t plane = Ho * Wo;
-  const int64_t x_rows = p.batch * C * H, s_rows = p.batch * Ho;
-  at::parallel_for(0, x_rows + s_rows, row_grain(p.width), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      if (r < x_rows) {
-        const int64_t h = r % H, c = (r / H) % C, b = r / (H * C);
-        const int64_t ho = h / f, i = h % f;
-        const T* row = x + b * p.x_stride[0] + c * p.x_stride[1] + h * p.x_stride[2];
-        T* dst = out + (b * OC + unshuffle_channel(c, i, 0, f)) * plane + ho * Wo;
-        if (f == 2)
-          scatter_row<T, 2>(row, p.x_stride[3], dst, plane, Wo, f);
-        else
-          scatter_row<T, 0>(row, p.x_stride[3], dst, plane, Wo, f);
-      } else {
-        const int64_t q = r - x_rows, ho = q % Ho, b = q / Ho;
-        const T* blocks = s + b * p.s_stride[0] + ho * f * p.s_stride[1];
-        T* dst = out + (b * OC + OC - 1) * plane + ho * Wo;
-        for (int64_t wo = 0; wo < Wo; ++wo)
-          dst[wo] = block_reduce<T, Acc>(blocks + wo * f * p.s_stride[2], p.s_stride[1],
-                                         p.s_stride[2], f, p.reduce);
+  const int64_t x_planes = p.batch * C;
+  at::parallel_for(0, x_planes + p.batch, plane_grain(H * p.width), [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) {
+      if (q < x_planes) {  // x[b, c] -> out[b, c f^2 : (c + 1) f^2]
+        const int64_t b = q / C, c = q % C;
+        const T* src = x + b * p.x_stride[0] + c * p.x_stride[1];
+        T* dst = out + (b * OC + unshuffle_channel(c, 0, 0, f)) * plane;
+        for (int64_t h = 0; h < H; ++h)
+          scatter_row<T>(src + h * p.x_stride[2], p.x_stride[3], dst + (h % f) * f * plane + (h / f) * Wo,
+                         plane, Wo, f);
+      } else {  // saliency[b] -> out[b, C f^2]
+        const int64_t b = q - x_planes;
+        const T* src = s + b * p.s_stride[0];
+        T* dst = out + (b * OC + OC - 1) * plane;
+        for (int64_t ho = 0; ho < Ho; ++ho)
+          for (int64_t wo = 0; wo < Wo; ++wo)
+            dst[ho * Wo + wo] = block_reduce<T, Acc>(src + ho * f * p.s_stride[1] + wo * f * p.s_stride[2],
+                                                     p.s_stride[1], p.s_stride[2], f, p.reduce);
       }
     }
   });
@@ -79,35 +93,33 @@ void backward(const UnshuffleParams& p, const T* grad, const T* s, T* grad_x, T*
   const int64_t f = p.factor, C = p.channels, H = p.height, W = p.width;
   const int64_t Ho = p.out_height(), Wo = p.out_width(), OC = p.out_channels();
   const int64_t plane = Ho * Wo;
-  const int64_t x_rows = p.batch * C * H, s_rows = p.batch * Ho;
-  at::parallel_for(0, x_rows + s_rows, row_grain(W), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      if (r < x_rows) {
-        const int64_t h = r % H, c = (r / H) % C, b = r / (H * C);
-        const int64_t ho = h / f, i = h % f;
-        const T* src = grad + (b * OC + unshuffle_channel(c, i, 0, f)) * plane + ho * Wo;
-        T* row = grad_x + r * W;  // grad_x is contiguous (B, C, H, W)
-        if (f == 2)
-          gather_row<T, 2>(src, plane, row, Wo, f);
-        else
-          gather_row<T, 0>(src, plane, row, Wo, f);
-      } else {
-        const int64_t q = r - x_rows, ho = q % Ho, b = q / Ho;
-        const T* g = grad + (b * OC + OC - 1) * plane + ho * Wo;
-        const T* blocks = s + b * p.s_stride[0] + ho * f * p.s_stride[1];
-        T* gs = grad_s + (b * H + ho * f) * W;  // grad_s is contiguous (B, 1, H, W)
-        for (int64_t wo = 0; wo < Wo; ++wo) {
-          T* block = gs + wo * f;
-          if (p.reduce == BlockReduce::Max) {
-            for (int64_t i = 0; i < f; ++i)
-              for (int64_t j = 0; j < f; ++j) block[i * W + j] = T(0);
-            const int64_t k = block_argmax<T, Acc>(blocks + wo * f * p.s_stride[2], p.s_stride[1],
-                                                   p.s_stride[2], f);
-            block[(k / f) * W + k % f] = g[wo];
-          } else {
-            const T share = static_cast<T>(static_cast<Acc>(g[wo]) / static_cast<Acc>(f * f));
-            for (int64_t i = 0; i < f; ++i)
-              for (int64_t j = 0; j < f; ++j) block[i * W + j] = share;
+  const int64_t x_planes = p.batch * C;
+  at::parallel_for(0, x_planes + p.batch, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) {
+      if (q < x_planes) {  // grad_x is contiguous (B, C, H, W)
+        const int64_t b = q / C, c = q % C;
+        const T* src = grad + (b * OC + unshuffle_channel(c, 0, 0, f)) * plane;
+        for (int64_t h = 0; h < H; ++h)
+          gather_row<T>(src + (h % f) * f * plane + (h / f) * Wo, plane, grad_x + (q * H + h) * W, Wo, f);
+      } else {  // grad_s is contiguous (B, 1, H, W)
+        const int64_t b = q - x_planes;
+        const T* g = grad + (b * OC + OC - 1) * plane;
+        const T* blocks = s + b * p.s_stride[0];
+        T* gs = grad_s + b * H * W;
+        for (int64_t ho = 0; ho < Ho; ++ho) {
+          for (int64_t wo = 0; wo < Wo; ++wo) {
+            T* block = gs + ho * f * W + wo * f;
+            const T gv = g[ho * Wo + wo];
+            if (p.reduce == BlockReduce::Max) {
+              const int64_t k = block_argmax<T, Acc>(
+                  blocks + ho * f * p.s_stride[1] + wo * f * p.s_stride[2], p.s_stride[1], p.s_stride[2], f);
+              for (int64_t i = 0; i < f; ++i)
+                for (int64_t j = 0; j < f; ++j) block[i * W + j] = i * f + j == k ? gv : T(0);
+            } else {
+              const T share = static_cast<T>(static_cast<Acc>(gv) / static_cast<Acc>(f * f));
+              for (int64_t i = 0; i < f; ++i)
+                for (int64_t j = 0; j < f; ++j) block[i * W + j] = share;
+            }
           }
         }
       }

@@ -8,6 +8,8 @@
 // The first C*f*f channels are exactly torch.nn.functional.pixel_unshuffle.
 #pragma once
 
+#include <cmath>
+
 #include "pgsl/macros.h"
 
 namespace pgsl {
@@ -35,22 +37,37 @@ PGSL_HOST_DEVICE int64_t unshuffle_channel(int64_t c, int64_t i, int64_t j, int6
 // Position (within the f x f block, row-major) of the value the block
 // reduction keeps for `Max`: the first maximum, or the first NaN if the block
 // holds one (NaN propagates, as in max_pool2d). Reads block[i*sh + j*sw].
+// Branch-free in the data (selects, not jumps): random blocks would otherwise
+// mispredict on every other element.
 template <typename T, typename Acc>
 PGSL_HOST_DEVICE int64_t block_argmax(const T* block, int64_t sh, int64_t sw, int64_t factor) {
-  int64_t best = 0;
+  int64_t best = 0, first_nan = -1;
   Acc best_value = static_cast<Acc>(block[0]);
-  if (best_value != best_value) return 0;
   for (int64_t i = 0; i < factor; ++i) {
     for (int64_t j = 0; j < factor; ++j) {
+      const int64_t k = i * factor + j;
       const Acc v = static_cast<Acc>(block[i * sh + j * sw]);
-      if (v != v) return i * factor + j;  // first NaN wins
-      if (v > best_value) {               // strict: ties keep the first
-        best_value = v;
-        best = i * factor + j;
-      }
+      first_nan = (v != v && first_nan < 0) ? k : first_nan;
+      const bool better = v > best_value;  // strict: ties keep the first
+      best = better ? k : best;
+      best_value = better ? v : best_value;
     }
   }
-  return best;
+  return first_nan >= 0 ? first_nan : best;
+}
+
+// The value block_argmax selects: the block's maximum, NaN if it holds one.
+template <typename T, typename Acc>
+PGSL_HOST_DEVICE Acc block_max(const T* block, int64_t sh, int64_t sw, int64_t factor) {
+  Acc best = static_cast<Acc>(block[0]);
+  bool nan = best != best;
+  for (int64_t i = 0; i < factor; ++i)
+    for (int64_t j = 0; j < factor; ++j) {
+      const Acc v = static_cast<Acc>(block[i * sh + j * sw]);
+      nan = nan || v != v;
+      best = v > best ? v : best;
+    }
+  return nan ? static_cast<Acc>(NAN) : best;
 }
 
 // Mean of an f x f block, summed in row-major order in Acc.
@@ -66,11 +83,8 @@ PGSL_HOST_DEVICE Acc block_mean(const T* block, int64_t sh, int64_t sw, int64_t 
 template <typename T, typename Acc>
 PGSL_HOST_DEVICE T block_reduce(const T* block, int64_t sh, int64_t sw, int64_t factor,
                                 BlockReduce reduce) {
-  if (reduce == BlockReduce::Max) {
-    const int64_t k = block_argmax<T, Acc>(block, sh, sw, factor);
-    return block[(k / factor) * sh + (k % factor) * sw];
-  }
-  return static_cast<T>(block_mean<T, Acc>(block, sh, sw, factor));
+  return static_cast<T>(reduce == BlockReduce::Max ? block_max<T, Acc>(block, sh, sw, factor)
+                                                   : block_mean<T, Acc>(block, sh, sw, factor));
 }
 
 // Scatter one input run x[b, c, h, wo*f : wo*f + f] into its f output
