@@ -1,9 +1,11 @@
-"""Typed wrappers for the ``torch.ops.pgsl_ext`` ops, with their fake kernels and autograd.
+"""Typed wrappers for the ``torch.ops.pgsl_ext`` ops, with their fake kernels.
 
 This is the only module that touches ``torch.ops.pgsl_ext``. Every op here is a real torch
-custom op: it dispatches to CPU or CUDA kernels, works under ``torch.compile`` (fake kernels
-below) and is differentiable (``torch.library.register_autograd``). Plain-PyTorch definitions
-of the same maths live in :mod:`pgsl_ext.reference`.
+custom op: it dispatches to CPU or CUDA kernels and works under ``torch.compile`` (fake kernels
+below). ``soft_threshold`` and ``pixel_unshuffle_concat`` are differentiable through autograd
+kernels registered in C++ (``csrc/autograd.cpp``: a Python autograd kernel would cost ~6 us per
+call, as much as the op on a small tensor); ``svt`` and ``rpca`` register one here that raises.
+Plain-PyTorch definitions of the same maths live in :mod:`pgsl_ext.reference`.
 """
 
 from __future__ import annotations
@@ -19,21 +21,6 @@ from ._types import RPCAResult
 __all__ = ["soft_threshold", "pixel_unshuffle_concat", "svt", "rpca", "RPCAResult"]
 
 _ops = torch.ops.pgsl_ext
-
-
-def _call(op, tensors, *args):
-    """Call ``op(*args)``, skipping the Python autograd kernel when no gradient can flow.
-
-    The autograd kernels registered below run in Python on every call, ~5 us even when no
-    input requires grad; below the autograd key the op costs what an ATen op does. Under
-    ``torch.compile`` the op is always called normally (dynamo traces the registered kernels).
-    """
-    if torch.compiler.is_compiling() or (
-        torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    ):
-        return op(*args)
-    with torch._C._AutoDispatchBelowAutograd():
-        return op(*args)
 
 
 def _require_tensor(value, op: str, arg: str) -> None:
@@ -68,12 +55,12 @@ def soft_threshold(x: Tensor, tau: Union[float, Tensor]) -> Tensor:
     """
     _require_tensor(x, "soft_threshold", "x")
     if isinstance(tau, Tensor):
-        return _call(_ops.soft_threshold.Tensor, (x, tau), x, tau)
+        return _ops.soft_threshold.Tensor(x, tau)
     if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
         raise TypeError(
             f"soft_threshold: expected `tau` to be a float >= 0 or a Tensor, but got {type(tau).__name__}"
         )
-    return _call(_ops.soft_threshold.default, (x,), x, float(tau))
+    return _ops.soft_threshold.default(x, float(tau))
 
 
 @torch.library.register_fake("pgsl_ext::soft_threshold")
@@ -86,35 +73,8 @@ def _soft_threshold_tensor_fake(x: Tensor, tau: Tensor) -> Tensor:
     return torch.empty_like(x)
 
 
-def _soft_threshold_setup(ctx, inputs, output) -> None:
-    x, tau = inputs
-    if isinstance(tau, Tensor):
-        ctx.save_for_backward(x, tau)
-        ctx.tau = None
-    else:
-        ctx.save_for_backward(x)
-        ctx.tau = tau
-
-
-def _soft_threshold_backward(ctx, grad: Tensor):
-    if ctx.tau is not None:
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() > ctx.tau), None
-    x, tau = ctx.saved_tensors
-    passed = x.abs() > tau
-    grad_x = grad * passed if ctx.needs_input_grad[0] else None
-    grad_tau = None
-    if ctx.needs_input_grad[1]:
-        grad_tau = (-(grad * torch.sign(x) * passed)).sum_to_size(tau.shape).to(tau.dtype)
-    return grad_x, grad_tau
-
-
-torch.library.register_autograd(
-    "pgsl_ext::soft_threshold", _soft_threshold_backward, setup_context=_soft_threshold_setup
-)
-torch.library.register_autograd(
-    "pgsl_ext::soft_threshold.Tensor", _soft_threshold_backward, setup_context=_soft_threshold_setup
-)
+# Autograd for soft_threshold and pixel_unshuffle_concat is registered in C++
+# (csrc/autograd.cpp): a Python autograd kernel costs ~6 us per call.
 
 
 # --------------------------------------------------------------------------- pixel_unshuffle_concat
@@ -153,7 +113,7 @@ def pixel_unshuffle_concat(x: Tensor, saliency: Tensor, factor: int = 2, reduce:
     """
     _require_tensor(x, "pixel_unshuffle_concat", "x")
     _require_tensor(saliency, "pixel_unshuffle_concat", "saliency")
-    return _call(_ops.pixel_unshuffle_concat.default, (x, saliency), x, saliency, factor, reduce)
+    return _ops.pixel_unshuffle_concat.default(x, saliency, factor, reduce)
 
 
 def _unshuffle_out_shape(x: Tensor, saliency: Tensor, factor: int) -> Tuple[int, int, int, int]:
@@ -181,27 +141,6 @@ def _pixel_unshuffle_concat_fake(x: Tensor, saliency: Tensor, factor: int = 2, r
 def _pixel_unshuffle_concat_backward_fake(grad_out, saliency, channels, factor, reduce):
     b, _, h, w = saliency.shape
     return saliency.new_empty((b, channels, h, w)), saliency.new_empty(saliency.shape)
-
-
-def _pixel_unshuffle_concat_setup(ctx, inputs, output) -> None:
-    x, saliency, factor, reduce = inputs
-    ctx.save_for_backward(saliency)
-    ctx.channels, ctx.factor, ctx.reduce = x.shape[1], factor, reduce
-
-
-def _pixel_unshuffle_concat_backward(ctx, grad: Tensor):
-    (saliency,) = ctx.saved_tensors
-    grad_x, grad_s = _ops.pixel_unshuffle_concat_backward.default(
-        grad, saliency, ctx.channels, ctx.factor, ctx.reduce
-    )
-    return grad_x, grad_s, None, None
-
-
-torch.library.register_autograd(
-    "pgsl_ext::pixel_unshuffle_concat",
-    _pixel_unshuffle_concat_backward,
-    setup_context=_pixel_unshuffle_concat_setup,
-)
 
 
 # --------------------------------------------------------------------------- svt
