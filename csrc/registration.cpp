@@ -12,4 +12,7 @@ TORCH_LIBRARY(pgsl_ext, m) {
   m.def(
       "pixel_unshuffle_concat_backward(Tensor grad_out, Tensor saliency, int channels, "
       "int factor, str reduce) -> (Tensor, Tensor)");
+  m.def(
+      "jsma_saliency_search(Tensor grad_class, Tensor grad_others, Tensor domain, *, "
+      "bool targeted) -> (Tensor p, Tensor q, Tensor found)");
 }
