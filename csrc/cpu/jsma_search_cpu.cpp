@@ -121,66 +121,273 @@ struct RowResult {
   bool found = false;
 };
 
-// Workspace of one thread: oriented gradients, bounds, candidate list.
+// Workspace of one thread. Features in the domain with finite gradients are
+// compacted (in index order, so pair keys on positions order pairs exactly as
+// keys on feature indices do); the rest never form a valid pair.
 template <typename T>
 struct RowBuffers {
   std::vector<T> u, v, bound;
-  std::vector<int64_t> candidates;
-  explicit RowBuffers(int64_t n) : u(n), v(n), bound(n) { candidates.reserve(n); }
+  std::vector<int64_t> index, candidates;
+  std::vector<int32_t> dominators;
+  std::vector<uint8_t> hit;
+  explicit RowBuffers(int64_t n) : u(n), v(n), bound(n), index(n), dominators(n), hit(n) {
+    candidates.reserve(n);
+  }
 };
 
+// Pair of positions (a < b) and whether one was found.
+struct Winner {
+  int64_t a = -1, b = -1;
+  bool found = false;
+};
+
+// The bound-pruned search over the m compacted features (see pgsl/jsma.h):
+// visit features in descending bound order until the bound drops below the
+// best score. Exact for any input; the fallback of the Pareto search.
 template <typename T>
-RowResult search_row(const JsmaSearchParams& p, const T* gc, const T* go, const bool* dom,
-                     RowBuffers<T>& buf, bool split_rows) {
-  const int64_t n = p.n;
-  T* u = buf.u.data();
-  T* v = buf.v.data();
+Winner bound_search(const T* u, const T* v, int64_t m, RowBuffers<T>& buf, bool split_rows) {
   T* bound = buf.bound.data();
   T u_max = jsma_neg_inf<T>(), v_max = jsma_neg_inf<T>();
-  for (int64_t k = 0; k < n; ++k) {
-    jsma_orient<T>(gc[k * p.gc_stride[1]], go[k * p.go_stride[1]], dom[k * p.dom_stride[1]],
-                   p.targeted, u[k], v[k]);
+  for (int64_t k = 0; k < m; ++k) {
     u_max = u[k] > u_max ? u[k] : u_max;
     v_max = v[k] > v_max ? v[k] : v_max;
   }
   int64_t top = -1;
   T top_bound = jsma_neg_inf<T>();
-  for (int64_t k = 0; k < n; ++k) {
+  for (int64_t k = 0; k < m; ++k) {
     bound[k] = jsma_bound<T>(u[k], v[k], u_max, v_max);
     if (bound[k] > top_bound) {
       top_bound = bound[k];
       top = k;
     }
   }
-  RowResult result;
-  if (top < 0) return result;  // no feature can be part of a valid pair
+  Winner w;
+  if (top < 0) return w;  // no feature can be part of a valid pair
 
   T best_score = jsma_no_score<T>();
   int64_t best_key = kJsmaNoKey;
   auto visit = [&](int64_t c) {
-    const auto [score, q] = best_partner(u, v, c, n, split_rows);
+    const auto [score, q] = best_partner(u, v, c, m, split_rows);
     if (q < 0) return;
-    const int64_t key = jsma_key(c, q, n);
-    if (!result.found || jsma_better(score, key, best_score, best_key)) {
+    const int64_t key = jsma_key(c, q, m);
+    if (!w.found || jsma_better(score, key, best_score, best_key)) {
       best_score = score;
       best_key = key;
-      result.found = true;
+      w.found = true;
     }
   };
   visit(top);
-
   auto& cand = buf.candidates;
   cand.clear();
-  for (int64_t k = 0; k < n; ++k)
-    if (k != top && jsma_worth_visiting(bound[k], result.found, best_score)) cand.push_back(k);
+  for (int64_t k = 0; k < m; ++k)
+    if (k != top && jsma_worth_visiting(bound[k], w.found, best_score)) cand.push_back(k);
   std::sort(cand.begin(), cand.end(), [&](int64_t a, int64_t b) { return bound[a] > bound[b]; });
   for (const int64_t c : cand) {
-    if (!jsma_worth_visiting(bound[c], result.found, best_score)) break;
+    if (!jsma_worth_visiting(bound[c], w.found, best_score)) break;
     visit(c);
   }
-  if (result.found) {
-    result.p = best_key / n;
-    result.q = best_key % n;
+  if (w.found) {
+    w.a = best_key / m;
+    w.b = best_key % m;
+  }
+  return w;
+}
+
+// For every position i: how many of the pivots dominate it (capped use: >= 2
+// means "not in the covering set"). Vectorised over i.
+template <typename T>
+inline void count_dominators_impl(const T* u, const T* v, int64_t m, const int64_t* pivots,
+                                  int npivots, int32_t* count) {
+  for (int64_t i = 0; i < m; ++i) count[i] = 0;
+  for (int k = 0; k < npivots; ++k) {
+    const int64_t r = pivots[k];
+    const T ur = u[r], vr = v[r];
+    for (int64_t i = 0; i < m; ++i)
+      count[i] += jsma_dominates<T>(ur, vr, r, u[i], v[i], i) ? 1 : 0;
+  }
+}
+PGSL_JSMA_CLONES void count_dominators_f32(const float* u, const float* v, int64_t m,
+                                           const int64_t* pivots, int npivots, int32_t* count) {
+  count_dominators_impl<float>(u, v, m, pivots, npivots, count);
+}
+PGSL_JSMA_CLONES void count_dominators_f64(const double* u, const double* v, int64_t m,
+                                           const int64_t* pivots, int npivots, int32_t* count) {
+  count_dominators_impl<double>(u, v, m, pivots, npivots, count);
+}
+
+// hit[i] |= the pair (i, r) scores exactly `target`, for i in [0, end), i != r.
+template <typename T>
+inline void mark_hits_impl(const T* u, const T* v, int64_t end, int64_t r, T target, uint8_t* hit) {
+  const T ur = u[r], vr = v[r];
+  for (int64_t i = 0; i < end; ++i)
+    hit[i] |= (jsma_masked_score<T>(u[i], v[i], ur, vr) == target && i != r) ? 1 : 0;
+}
+PGSL_JSMA_CLONES void mark_hits_f32(const float* u, const float* v, int64_t end, int64_t r,
+                                    float target, uint8_t* hit) {
+  mark_hits_impl<float>(u, v, end, r, target, hit);
+}
+PGSL_JSMA_CLONES void mark_hits_f64(const double* u, const double* v, int64_t end, int64_t r,
+                                    double target, uint8_t* hit) {
+  mark_hits_impl<double>(u, v, end, r, target, hit);
+}
+
+// Pivots for the dominance filter: the two largest features along a few
+// directions of the (u, v) plane (scaled by the spread of each). Only the
+// filter's strength depends on this choice, never the result.
+template <typename T>
+int select_pivots(const T* u, const T* v, int64_t m, int64_t* pivots) {
+  constexpr int kDirections = 5;
+  T u_scale = T(0), v_scale = T(0);
+  for (int64_t i = 0; i < m; ++i) {
+    u_scale = std::max(u_scale, std::fabs(u[i]));
+    v_scale = std::max(v_scale, std::fabs(v[i]));
+  }
+  T wu[kDirections], wv[kDirections];
+  for (int d = 0; d < kDirections; ++d) {
+    const double angle = 1.5707963267948966 * d / (kDirections - 1);
+    wu[d] = u_scale > 0 ? static_cast<T>(std::cos(angle) / u_scale) : T(1);
+    wv[d] = v_scale > 0 ? static_cast<T>(std::sin(angle) / v_scale) : T(1);
+  }
+  T first[kDirections], second[kDirections];
+  int64_t first_at[kDirections], second_at[kDirections];
+  for (int d = 0; d < kDirections; ++d) {
+    first[d] = second[d] = jsma_neg_inf<T>();
+    first_at[d] = second_at[d] = -1;
+  }
+  for (int64_t i = 0; i < m; ++i) {
+    for (int d = 0; d < kDirections; ++d) {
+      const T x = wu[d] * u[i] + wv[d] * v[i];
+      if (x > second[d] || second_at[d] < 0) {
+        if (x > first[d] || first_at[d] < 0) {
+          second[d] = first[d];
+          second_at[d] = first_at[d];
+          first[d] = x;
+          first_at[d] = i;
+        } else {
+          second[d] = x;
+          second_at[d] = i;
+        }
+      }
+    }
+  }
+  int count = 0;
+  auto add = [&](int64_t i) {
+    if (i < 0) return;
+    for (int k = 0; k < count; ++k)
+      if (pivots[k] == i) return;
+    pivots[count++] = i;
+  };
+  for (int d = 0; d < kDirections; ++d) {
+    add(first_at[d]);
+    add(second_at[d]);
+  }
+  return count;
+}
+
+// The Pareto search over the m compacted features (see pgsl/jsma.h). Returns
+// false when a pair overflowed (the covering argument does not hold): the
+// caller then runs the bound search.
+template <typename T>
+bool pareto_search(const T* u, const T* v, int64_t m, RowBuffers<T>& buf, Winner& w) {
+  // 1. A superset of the covering set F: features dominated by fewer than two
+  //    pivots, then by fewer than two of the survivors (sweep in (u, v) order).
+  int64_t pivots[16];
+  const int npivots = select_pivots(u, v, m, pivots);
+  int32_t* dominators = buf.dominators.data();
+  if constexpr (std::is_same_v<T, float>) count_dominators_f32(u, v, m, pivots, npivots, dominators);
+  else count_dominators_f64(u, v, m, pivots, npivots, dominators);
+  auto& cover = buf.candidates;
+  cover.clear();
+  for (int64_t i = 0; i < m; ++i)
+    if (dominators[i] < 2) cover.push_back(i);
+  std::sort(cover.begin(), cover.end(), [&](int64_t a, int64_t b) {
+    return u[a] > u[b] || (u[a] == u[b] && (v[a] > v[b] || (v[a] == v[b] && a < b)));
+  });
+  {
+    // Every earlier feature has u >= u[q] and precedes q; it dominates q iff v >= v[q].
+    T v_first = jsma_neg_inf<T>(), v_second = jsma_neg_inf<T>();
+    int64_t kept = 0, seen = 0;
+    for (const int64_t q : cover) {
+      if (seen < 2 || v_second < v[q]) cover[kept++] = q;
+      if (v[q] > v_first || seen == 0) {
+        v_second = v_first;
+        v_first = v[q];
+      } else if (v[q] > v_second || seen == 1) {
+        v_second = v[q];
+      }
+      ++seen;
+    }
+    cover.resize(kept);
+  }
+
+  // 2. The best score: reached within F x F.
+  T best = jsma_no_score<T>();
+  int64_t best_a = -1, best_b = -1;
+  const int64_t f = static_cast<int64_t>(cover.size());
+  for (int64_t i = 0; i < f; ++i) {
+    const int64_t a = cover[i];
+    for (int64_t j = i + 1; j < f; ++j) {
+      const int64_t b = cover[j];
+      T score;
+      bool overflow;
+      const bool valid = jsma_pair_overflow<T>(u[a], v[a], u[b], v[b], score, overflow);
+      if (overflow) return false;
+      if (valid && (best_a < 0 || jsma_better(score, jsma_key(a, b, m), best, jsma_key(best_a, best_b, m)))) {
+        best = score;
+        best_a = std::min(a, b);
+        best_b = std::max(a, b);
+      }
+    }
+  }
+  if (best_a < 0) return true;  // no valid pair at all
+
+  // 3. The tie rule: the winner's first feature is the smallest feature that
+  //    has a partner reaching `best`, and its partner the first one reaching it.
+  //    Every feature's best partner score is reached within F, so only features
+  //    before best_a need checking.
+  uint8_t* hit = buf.hit.data();
+  std::fill(hit, hit + best_a, uint8_t{0});
+  for (const int64_t r : cover) {
+    if constexpr (std::is_same_v<T, float>) mark_hits_f32(u, v, best_a, r, best, hit);
+    else mark_hits_f64(u, v, best_a, r, best, hit);
+  }
+  int64_t a = best_a;
+  for (int64_t i = 0; i < best_a; ++i)
+    if (hit[i]) {
+      a = i;
+      break;
+    }
+  int64_t b = first_reaching(u, v, u[a], v[a], a + 1, m, best);
+  w.a = a;
+  w.b = b;
+  w.found = true;
+  return true;
+}
+
+template <typename T>
+RowResult search_row(const JsmaSearchParams& p, const T* gc, const T* go, const bool* dom,
+                     RowBuffers<T>& buf, bool split_rows) {
+  T* u = buf.u.data();
+  T* v = buf.v.data();
+  int64_t* index = buf.index.data();
+  int64_t m = 0;
+  for (int64_t k = 0; k < p.n; ++k) {
+    T uk, vk;
+    jsma_orient<T>(gc[k * p.gc_stride[1]], go[k * p.go_stride[1]], dom[k * p.dom_stride[1]],
+                   p.targeted, uk, vk);
+    u[m] = uk;
+    v[m] = vk;
+    index[m] = k;
+    m += uk > jsma_neg_inf<T>() ? 1 : 0;
+  }
+  RowResult result;
+  if (m < 2) return result;
+  Winner w;
+  if (!pareto_search(u, v, m, buf, w)) w = bound_search(u, v, m, buf, split_rows);
+  if (w.found) {
+    result.p = index[w.a];
+    result.q = index[w.b];
+    result.found = true;
   }
   return result;
 }

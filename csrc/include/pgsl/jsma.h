@@ -27,6 +27,15 @@
 // containing p can be valid. A feature whose bound is strictly below a score
 // already found cannot be part of the winner (not even of a tie), so it is skipped.
 //
+// Pareto covering (exact, used by the CPU kernel). If r dominates q
+// (u[r] >= u[q] and v[r] >= v[q]) then, by the same monotonicity, the pair
+// (p, r) scores at least as much as (p, q) and is valid whenever (p, q) is,
+// unless it overflows. So with F = the features dominated by fewer than two
+// others (in the strict order of jsma_dominates), every pair (p, q) has a
+// partner r in F, r != p, scoring at least as much: the best score is reached
+// within F x F, and the best partner of any p within F. Rows where a pair
+// overflows fall back to the bound-pruned search.
+//
 // Every add and multiply goes through pair_add / pair_mul, which use the
 // explicitly rounded intrinsics on the device: nvcc can never contract them into
 // an FMA, and the host and device round the same way.
@@ -106,6 +115,28 @@ PGSL_HOST_DEVICE bool jsma_pair(T up, T vp, T uq, T vq, T& score) {
   // su, sv > 0 rule out NaN and -inf; score <= max rules out +inf (an overflow of
   // su, sv or the product).
   return su > T(0) && sv > T(0) && score <= std::numeric_limits<T>::max();
+}
+
+// As jsma_pair, and also reports whether the pair failed only by overflowing
+// (both sums positive, but a sum or the product not finite). The Pareto search
+// relies on "a pair dominating a valid pair is valid", which only an overflow breaks.
+template <typename T>
+PGSL_HOST_DEVICE bool jsma_pair_overflow(T up, T vp, T uq, T vq, T& score, bool& overflow) {
+  const T su = pair_add(up, uq);
+  const T sv = pair_add(vp, vq);
+  score = pair_mul(su, sv);
+  const bool positive = su > T(0) && sv > T(0);
+  const bool finite = score <= std::numeric_limits<T>::max();
+  overflow = positive && !finite;
+  return positive && finite;
+}
+
+// Whether feature r strictly precedes feature q in the dominance order the
+// Pareto search uses: r is at least as large in both u and v, and ahead in
+// (u desc, v desc, index asc). A strict partial order even with duplicates.
+template <typename T>
+PGSL_HOST_DEVICE bool jsma_dominates(T ur, T vr, int64_t r, T uq, T vq, int64_t q) {
+  return ur >= uq && vr >= vq && (ur > uq || vr > vq || r < q);
 }
 
 // The score of a pair, or jsma_no_score when the pair is invalid (branch-free,
