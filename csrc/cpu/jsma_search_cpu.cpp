@@ -1,24 +1,24 @@
-// jsma_saliency_search on the CPU: O(N) memory per row, exact pruning.
+// jsma_saliency_search on the CPU: O(N) memory per row, exact, parallel over rows.
 //
-// Per row: orient the gradients (pgsl::jsma_orient), bound every feature
-// (pgsl::jsma_bound), scan the pairs of the feature with the largest bound,
-// then visit the features whose bound is not below the best score found so far,
-// in descending bound order, stopping at the first one below it. Each visit is a
-// vectorised max over one row of the pair matrix followed by a search for the
-// first feature reaching it. The result is the brute-force winner exactly (see
-// pgsl/jsma.h for why the bound is safe).
-//
-// Parallelism: over rows (at::parallel_for); when there are fewer rows than
-// threads and rows are long, each pair-row scan is split across threads instead
-// and the chunks are merged with the same total order, so the result never
-// depends on the thread count or on which rows share a batch.
+// Per row: orient the gradients and compact the features that can be part of a
+// valid pair (pgsl::jsma_orient), then
+//   1. the Pareto search (pgsl/jsma.h): a small set F of features dominated by
+//      fewer than two others covers every pair, so the best score is the best
+//      within F x F; the tie rule then needs one vectorised pass per feature of
+//      F that reaches it, over the features before the incumbent's first one;
+//   2. if a pair overflowed (the covering argument needs finite scores), the
+//      bound-pruned search: visit features in descending bound order, each a
+//      vectorised max over one row of the pair matrix, until the bound drops
+//      below the best score.
+// Both return the brute-force winner exactly. Rows are independent and each
+// row's result depends on that row only, so the thread count and the batch
+// composition never change a result.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <mutex>
 #include <tuple>
 #include <vector>
 
@@ -98,22 +98,10 @@ inline std::pair<T, int64_t> best_partner_in(const T* u, const T* v, int64_t c, 
 }
 
 // Pair keys of (c, q) grow with q, so "the first q reaching the max" is the
-// tie rule restricted to one pair row; across chunks, the larger score wins and
-// then the smaller q.
+// tie rule restricted to one pair row.
 template <typename T>
-std::pair<T, int64_t> best_partner(const T* u, const T* v, int64_t c, int64_t n, bool split_rows) {
-  constexpr int64_t kGrain = 1 << 14;
-  if (!split_rows || n < 2 * kGrain) return best_partner_in(u, v, c, 0, n);
-  std::pair<T, int64_t> best{jsma_no_score<T>(), -1};
-  std::mutex lock;
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    const auto part = best_partner_in(u, v, c, begin, end);
-    if (part.second < 0) return;
-    const std::lock_guard<std::mutex> guard(lock);
-    if (best.second < 0 || jsma_better(part.first, part.second, best.first, best.second))
-      best = part;
-  });
-  return best;
+std::pair<T, int64_t> best_partner(const T* u, const T* v, int64_t c, int64_t n) {
+  return best_partner_in(u, v, c, 0, n);
 }
 
 struct RowResult {
@@ -127,11 +115,12 @@ struct RowResult {
 template <typename T>
 struct RowBuffers {
   std::vector<T> u, v, bound;
-  std::vector<int64_t> index, candidates;
+  std::vector<int64_t> index, candidates, index_scratch;
   std::vector<int32_t> dominators;
   std::vector<uint8_t> hit;
   explicit RowBuffers(int64_t n) : u(n), v(n), bound(n), index(n), dominators(n), hit(n) {
     candidates.reserve(n);
+    index_scratch.reserve(n);
   }
 };
 
@@ -145,7 +134,7 @@ struct Winner {
 // visit features in descending bound order until the bound drops below the
 // best score. Exact for any input; the fallback of the Pareto search.
 template <typename T>
-Winner bound_search(const T* u, const T* v, int64_t m, RowBuffers<T>& buf, bool split_rows) {
+Winner bound_search(const T* u, const T* v, int64_t m, RowBuffers<T>& buf) {
   T* bound = buf.bound.data();
   T u_max = jsma_neg_inf<T>(), v_max = jsma_neg_inf<T>();
   for (int64_t k = 0; k < m; ++k) {
@@ -167,7 +156,7 @@ Winner bound_search(const T* u, const T* v, int64_t m, RowBuffers<T>& buf, bool 
   T best_score = jsma_no_score<T>();
   int64_t best_key = kJsmaNoKey;
   auto visit = [&](int64_t c) {
-    const auto [score, q] = best_partner(u, v, c, m, split_rows);
+    const auto [score, q] = best_partner(u, v, c, m);
     if (q < 0) return;
     const int64_t key = jsma_key(c, q, m);
     if (!w.found || jsma_better(score, key, best_score, best_key)) {
@@ -343,11 +332,25 @@ bool pareto_search(const T* u, const T* v, int64_t m, RowBuffers<T>& buf, Winner
 
   // 3. The tie rule: the winner's first feature is the smallest feature that
   //    has a partner reaching `best`, and its partner the first one reaching it.
-  //    Every feature's best partner score is reached within F, so only features
+  //    Every feature's best partner score is reached within F, and only by
+  //    partners r that reach `best` within F x F already (if (i, r) scores
+  //    `best`, so does (r', r) for the r' in F that dominates i); only features
   //    before best_a need checking.
+  auto& reaching = buf.index_scratch;
+  reaching.clear();
+  for (int64_t i = 0; i < f; ++i) {
+    const int64_t a = cover[i];
+    for (int64_t j = 0; j < f; ++j) {
+      T score;
+      if (j != i && jsma_pair<T>(u[a], v[a], u[cover[j]], v[cover[j]], score) && score == best) {
+        reaching.push_back(a);
+        break;
+      }
+    }
+  }
   uint8_t* hit = buf.hit.data();
   std::fill(hit, hit + best_a, uint8_t{0});
-  for (const int64_t r : cover) {
+  for (const int64_t r : reaching) {
     if constexpr (std::is_same_v<T, float>) mark_hits_f32(u, v, best_a, r, best, hit);
     else mark_hits_f64(u, v, best_a, r, best, hit);
   }
@@ -366,7 +369,7 @@ bool pareto_search(const T* u, const T* v, int64_t m, RowBuffers<T>& buf, Winner
 
 template <typename T>
 RowResult search_row(const JsmaSearchParams& p, const T* gc, const T* go, const bool* dom,
-                     RowBuffers<T>& buf, bool split_rows) {
+                     RowBuffers<T>& buf) {
   T* u = buf.u.data();
   T* v = buf.v.data();
   int64_t* index = buf.index.data();
@@ -383,7 +386,7 @@ RowResult search_row(const JsmaSearchParams& p, const T* gc, const T* go, const 
   RowResult result;
   if (m < 2) return result;
   Winner w;
-  if (!pareto_search(u, v, m, buf, w)) w = bound_search(u, v, m, buf, split_rows);
+  if (!pareto_search(u, v, m, buf, w)) w = bound_search(u, v, m, buf);
   if (w.found) {
     result.p = index[w.a];
     result.q = index[w.b];
@@ -410,23 +413,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> jsma_saliency_search_cpu(
   AT_DISPATCH_FLOATING_TYPES(grad_class.scalar_type(), "jsma_saliency_search_cpu", [&] {
     const scalar_t* gc = grad_class.const_data_ptr<scalar_t>();
     const scalar_t* go = grad_others.const_data_ptr<scalar_t>();
-    auto run_rows = [&](int64_t begin, int64_t end, bool split_rows) {
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       RowBuffers<scalar_t> buf(params.n);
       for (int64_t b = begin; b < end; ++b) {
         const RowResult r = search_row<scalar_t>(params, gc + b * params.gc_stride[0],
                                                  go + b * params.go_stride[0],
-                                                 dom + b * params.dom_stride[0], buf, split_rows);
+                                                 dom + b * params.dom_stride[0], buf);
         p_ptr[b] = r.p;
         q_ptr[b] = r.q;
         f_ptr[b] = r.found;
       }
-    };
-    // Few long rows: split each pair-row scan across threads instead.
-    if (batch < at::get_num_threads() && params.n >= (int64_t{1} << 15)) {
-      run_rows(0, batch, true);
-    } else {
-      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) { run_rows(begin, end, false); });
-    }
+    });
   });
   return {p_out, q_out, found};
 }
