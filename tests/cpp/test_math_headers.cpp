@@ -1,0 +1,262 @@
+// Unit tests of the host-device math headers under csrc/include/pgsl/: the
+// arithmetic the CPU and CUDA kernels share. Plain C++, no torch.
+//   test_math_headers [group...]   (no group: all of them)
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "check.h"
+#include "pgsl/pixel_unshuffle.h"
+#include "pgsl/soft_threshold.h"
+
+namespace {
+
+using pgsl::BlockReduce;
+
+template <typename T>
+constexpr T kNaN = std::numeric_limits<T>::quiet_NaN();
+template <typename T>
+constexpr T kInf = std::numeric_limits<T>::infinity();
+
+// ---------------------------------------------------------------------------- soft_threshold
+
+// The composite the kernels must match: sign(x) * max(|x| - tau, 0).
+template <typename T>
+T composite(T x, T tau) {
+  const T sign = x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
+  return sign * std::fmax(std::fabs(x) - tau, T(0));
+}
+
+template <typename T>
+void soft_threshold_value_cases() {
+  using pgsl::soft_threshold_value;
+  EXPECT_EQ(soft_threshold_value<T>(T(3), T(1)), T(2));
+  EXPECT_EQ(soft_threshold_value<T>(T(-3), T(1)), T(-2));
+  EXPECT_EQ(soft_threshold_value<T>(T(0.5), T(1)), T(0));
+  EXPECT_EQ(soft_threshold_value<T>(T(-0.5), T(1)), T(0));
+  // A shrunk negative value is -0.0, as sign(x) * 0 is in the composite.
+  EXPECT(std::signbit(soft_threshold_value<T>(T(-0.5), T(1))));
+  EXPECT(!std::signbit(soft_threshold_value<T>(T(0.5), T(1))));
+  // zero
+  EXPECT_EQ(soft_threshold_value<T>(T(0), T(1)), T(0));
+  EXPECT_EQ(soft_threshold_value<T>(T(0), T(0)), T(0));
+  // tau = 0 is the identity
+  for (T x : {T(2.5), T(-2.5), T(1e-30), T(-7)}) EXPECT_EQ(soft_threshold_value<T>(x, T(0)), x);
+  // the threshold boundary: |x| == tau gives 0, the next value above gives the gap
+  EXPECT_EQ(soft_threshold_value<T>(T(1), T(1)), T(0));
+  EXPECT_EQ(soft_threshold_value<T>(T(-1), T(1)), T(0));
+  const T above = std::nextafter(T(1), T(2));
+  EXPECT_EQ(soft_threshold_value<T>(above, T(1)), above - T(1));
+  EXPECT_EQ(soft_threshold_value<T>(-above, T(1)), -(above - T(1)));
+  EXPECT_EQ(soft_threshold_value<T>(std::nextafter(T(1), T(0)), T(1)), T(0));
+  // NaN propagates (with any tau, including 0)
+  EXPECT(std::isnan(soft_threshold_value<T>(kNaN<T>, T(1))));
+  EXPECT(std::isnan(soft_threshold_value<T>(kNaN<T>, T(0))));
+  EXPECT(std::isnan(soft_threshold_value<T>(-kNaN<T>, T(1))));
+  // +-inf map to +-inf
+  EXPECT_EQ(soft_threshold_value<T>(kInf<T>, T(1)), kInf<T>);
+  EXPECT_EQ(soft_threshold_value<T>(-kInf<T>, T(1)), -kInf<T>);
+  EXPECT_EQ(soft_threshold_value<T>(kInf<T>, T(0)), kInf<T>);
+  // a huge tau zeroes everything finite
+  EXPECT_EQ(soft_threshold_value<T>(T(5), T(1e30)), T(0));
+  // agrees with the composite over a sweep of signs and magnitudes
+  for (T tau : {T(0), T(0.25), T(1), T(3)})
+    for (int k = -40; k <= 40; ++k) {
+      const T x = T(k) * T(0.125);
+      EXPECT_EQ(soft_threshold_value<T>(x, tau), composite<T>(x, tau));
+    }
+}
+
+void soft_threshold_value_tests() {
+  soft_threshold_value_cases<float>();
+  soft_threshold_value_cases<double>();
+}
+
+template <typename T>
+void soft_threshold_slope_cases() {
+  using pgsl::soft_threshold_slope;
+  EXPECT_EQ(soft_threshold_slope<T>(T(3), T(1)), T(1));
+  EXPECT_EQ(soft_threshold_slope<T>(T(-3), T(1)), T(1));
+  EXPECT_EQ(soft_threshold_slope<T>(T(0.5), T(1)), T(0));
+  EXPECT_EQ(soft_threshold_slope<T>(T(-0.5), T(1)), T(0));
+  // strictly outside [-tau, tau]: the boundary itself has slope 0
+  EXPECT_EQ(soft_threshold_slope<T>(T(1), T(1)), T(0));
+  EXPECT_EQ(soft_threshold_slope<T>(T(-1), T(1)), T(0));
+  EXPECT_EQ(soft_threshold_slope<T>(std::nextafter(T(1), T(2)), T(1)), T(1));
+  // tau = 0: 1 everywhere but at 0
+  EXPECT_EQ(soft_threshold_slope<T>(T(0), T(0)), T(0));
+  EXPECT_EQ(soft_threshold_slope<T>(T(1e-30), T(0)), T(1));
+  EXPECT_EQ(soft_threshold_slope<T>(T(-1e-30), T(0)), T(1));
+  // +-inf pass through; NaN compares false, so its slope is 0 (as x.abs() > tau in ops.py)
+  EXPECT_EQ(soft_threshold_slope<T>(kInf<T>, T(1)), T(1));
+  EXPECT_EQ(soft_threshold_slope<T>(-kInf<T>, T(1)), T(1));
+  EXPECT_EQ(soft_threshold_slope<T>(kNaN<T>, T(1)), T(0));
+}
+
+void soft_threshold_slope_tests() {
+  soft_threshold_slope_cases<float>();
+  soft_threshold_slope_cases<double>();
+}
+
+// ---------------------------------------------------------------------------- pixel_unshuffle
+
+void unshuffle_channel_tests() {
+  // torch.nn.functional.pixel_unshuffle's order: channel c*f*f + i*f + j.
+  for (int64_t f = 1; f <= 4; ++f) {
+    const int64_t channels = 3;
+    std::vector<int> hits(channels * f * f, 0);
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t i = 0; i < f; ++i)
+        for (int64_t j = 0; j < f; ++j) {
+          const int64_t out = pgsl::unshuffle_channel(c, i, j, f);
+          EXPECT_EQ(out, c * f * f + i * f + j);
+          if (out >= 0 && out < channels * f * f) ++hits[out];
+        }
+    for (int h : hits) EXPECT_EQ(h, 1);  // a bijection onto [0, C*f*f)
+  }
+  EXPECT_EQ(pgsl::unshuffle_channel(0, 0, 0, 2), int64_t{0});
+  EXPECT_EQ(pgsl::unshuffle_channel(0, 0, 1, 2), int64_t{1});
+  EXPECT_EQ(pgsl::unshuffle_channel(0, 1, 0, 2), int64_t{2});
+  EXPECT_EQ(pgsl::unshuffle_channel(1, 0, 0, 2), int64_t{4});
+  EXPECT_EQ(pgsl::unshuffle_channel(2, 2, 1, 3), int64_t{2 * 9 + 2 * 3 + 1});
+}
+
+// Block argmax over a contiguous row-major f x f block.
+template <typename T>
+int64_t argmax_of(const std::vector<T>& block, int64_t f) {
+  return pgsl::block_argmax<T, T>(block.data(), f, 1, f);
+}
+
+void block_argmax_tests() {
+  const float nan = kNaN<float>, inf = kInf<float>;
+  EXPECT_EQ(argmax_of<float>({1, 5, 3, 2}, 2), int64_t{1});
+  EXPECT_EQ(argmax_of<float>({9, 5, 3, 2}, 2), int64_t{0});
+  EXPECT_EQ(argmax_of<float>({1, 5, 3, 8}, 2), int64_t{3});
+  EXPECT_EQ(argmax_of<float>({-4, -2, -3, -9}, 2), int64_t{1});
+  EXPECT_EQ(argmax_of<float>({42}, 1), int64_t{0});
+  // ties keep the first, row-major
+  EXPECT_EQ(argmax_of<float>({7, 7, 7, 7}, 2), int64_t{0});
+  EXPECT_EQ(argmax_of<float>({1, 9, 9, 0}, 2), int64_t{1});
+  EXPECT_EQ(argmax_of<float>({1, 2, 9, 9}, 2), int64_t{2});
+  EXPECT_EQ(argmax_of<float>({0, 0, 0, 3, 1, 3, 3, 0, 2}, 3), int64_t{3});
+  EXPECT_EQ(argmax_of<float>({-inf, -inf, -inf, -inf}, 2), int64_t{0});
+  EXPECT_EQ(argmax_of<float>({-inf, 1, inf, inf}, 2), int64_t{2});
+  // the first NaN wins, wherever the maximum is
+  EXPECT_EQ(argmax_of<float>({nan, 1, 2, 3}, 2), int64_t{0});
+  EXPECT_EQ(argmax_of<float>({1, nan, 5, nan}, 2), int64_t{1});
+  EXPECT_EQ(argmax_of<float>({9, 1, nan, 2}, 2), int64_t{2});
+  EXPECT_EQ(argmax_of<float>({inf, 1, 2, nan}, 2), int64_t{3});
+  EXPECT_EQ(argmax_of<double>({0, 1, 2, 3, 4, 5, 6, nan, nan}, 3), int64_t{7});
+
+  // Strided blocks: a 3x3 block at (1, 2) of a 5 x 7 row-major buffer (sh = 7, sw = 1),
+  // every other column of it (sw = 2), and the transposed view (sh = 1, sw = 7).
+  std::vector<double> buffer(5 * 7, 100.0);  // out-of-block values are larger: never read
+  const int64_t W = 7, f = 3;
+  double* origin = buffer.data() + 1 * W + 2;
+  for (int64_t i = 0; i < f; ++i)
+    for (int64_t j = 0; j < f; ++j) origin[i * W + j] = 0.0;
+  origin[2 * W + 1] = 5.0;  // block (i=2, j=1)
+  EXPECT_EQ((pgsl::block_argmax<double, double>(origin, W, 1, f)), int64_t{2 * f + 1});
+  EXPECT_EQ((pgsl::block_argmax<double, double>(origin, 1, W, f)), int64_t{1 * f + 2});
+  std::vector<double> wide(3 * 12, 100.0);  // sh = 12, sw = 2
+  for (int64_t i = 0; i < f; ++i)
+    for (int64_t j = 0; j < f; ++j) wide[i * 12 + j * 2] = double(i == 1 && j == 2 ? 3 : -1);
+  EXPECT_EQ((pgsl::block_argmax<double, double>(wide.data(), 12, 2, f)), int64_t{1 * f + 2});
+  wide[0 * 12 + 1 * 2] = kNaN<double>;
+  EXPECT_EQ((pgsl::block_argmax<double, double>(wide.data(), 12, 2, f)), int64_t{1});
+}
+
+void block_mean_tests() {
+  const std::vector<float> block{1, 2, 3, 4};
+  EXPECT_EQ((pgsl::block_mean<float, float>(block.data(), 2, 1, 2)), 2.5f);
+  EXPECT_EQ((pgsl::block_mean<float, double>(block.data(), 2, 1, 2)), 2.5);
+  EXPECT_EQ((pgsl::block_mean<float, float>(block.data(), 2, 1, 1)), 1.0f);  // f = 1: the value
+  // Summed in Acc, row-major: in float 1e8 + 1 rounds back to 1e8, in double it does not.
+  const std::vector<float> cancel{1e8f, 1.0f, -1e8f, 1.0f};
+  EXPECT_EQ((pgsl::block_mean<float, float>(cancel.data(), 2, 1, 2)), 0.25f);
+  EXPECT_EQ((pgsl::block_mean<float, double>(cancel.data(), 2, 1, 2)), 0.5);
+  // NaN and inf propagate
+  const std::vector<float> with_nan{1, kNaN<float>, 2, 3}, with_inf{1, kInf<float>, 2, 3};
+  EXPECT(std::isnan((pgsl::block_mean<float, float>(with_nan.data(), 2, 1, 2))));
+  EXPECT_EQ((pgsl::block_mean<float, float>(with_inf.data(), 2, 1, 2)), kInf<float>);
+  // strided: the transposed view of a 3x3 block has the same mean
+  std::vector<double> b3(3 * 5, 1000.0);
+  double sum = 0;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) sum += (b3[i * 5 + j] = double(i * 3 + j) * 0.5);
+  EXPECT_EQ((pgsl::block_mean<double, double>(b3.data(), 5, 1, 3)), sum / 9);
+  EXPECT_EQ((pgsl::block_mean<double, double>(b3.data(), 1, 5, 3)), sum / 9);
+}
+
+void block_reduce_tests() {
+  const std::vector<float> block{1, 6, 3, 2};
+  EXPECT_EQ((pgsl::block_reduce<float, float>(block.data(), 2, 1, 2, BlockReduce::Max)), 6.0f);
+  EXPECT_EQ((pgsl::block_reduce<float, float>(block.data(), 2, 1, 2, BlockReduce::Mean)), 3.0f);
+  // Max returns the stored element; Mean rounds the Acc mean back to T once.
+  const std::vector<float> thirds{1.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  EXPECT_EQ((pgsl::block_reduce<float, double>(thirds.data(), 3, 1, 3, BlockReduce::Mean)),
+           static_cast<float>(1.0 / 9.0));
+  const std::vector<float> with_nan{1, kNaN<float>, 9, 2};
+  EXPECT(std::isnan((pgsl::block_reduce<float, float>(with_nan.data(), 2, 1, 2, BlockReduce::Max))));
+  // strided (sh = 4, sw = 2): picks the block's values only
+  const std::vector<double> strided{1, -1, 8, -1, -1, -1, -1, -1, 3, -1, 4, -1};
+  EXPECT_EQ((pgsl::block_reduce<double, double>(strided.data(), 8, 2, 2, BlockReduce::Max)), 8.0);
+  EXPECT_EQ((pgsl::block_reduce<double, double>(strided.data(), 8, 2, 2, BlockReduce::Mean)), 4.0);
+}
+
+// unshuffle_run scatters a run of f inputs to f outputs channel_stride apart; shuffle_run
+// gathers them back.
+void run_tests() {
+  {
+    const int64_t f = 3, run_stride = 2, channel_stride = 5;
+    std::vector<int> run{10, -1, 11, -1, 12, -1};
+    std::vector<int> out(channel_stride * f, -7);
+    pgsl::unshuffle_run<int>(run.data(), run_stride, out.data(), channel_stride, f);
+    for (int64_t k = 0; k < channel_stride * f; ++k)
+      EXPECT_EQ(out[k], k % channel_stride == 0 ? 10 + int(k / channel_stride) : -7);
+    std::vector<int> back(run.size(), 0);
+    pgsl::shuffle_run<int>(out.data(), channel_stride, back.data(), run_stride, f);
+    for (int64_t j = 0; j < f; ++j) EXPECT_EQ(back[j * run_stride], run[j * run_stride]);
+  }
+  // A whole pixel_unshuffle of x (C, H, W) with the kernels' loop structure, then its inverse.
+  const int64_t C = 2, H = 6, W = 9, f = 3, Ho = H / f, Wo = W / f, plane = Ho * Wo;
+  std::vector<float> x(C * H * W), out(C * f * f * plane, kNaN<float>), back(x.size(), kNaN<float>);
+  for (size_t k = 0; k < x.size(); ++k) x[k] = float(k) - 17.5f;
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t wo = 0; wo < Wo; ++wo) {
+        float* dst = out.data() + pgsl::unshuffle_channel(c, h % f, 0, f) * plane + (h / f) * Wo + wo;
+        pgsl::unshuffle_run<float>(x.data() + (c * H + h) * W + wo * f, 1, dst, plane, f);
+      }
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = 0; i < f; ++i)
+      for (int64_t j = 0; j < f; ++j)
+        for (int64_t ho = 0; ho < Ho; ++ho)
+          for (int64_t wo = 0; wo < Wo; ++wo)
+            EXPECT_EQ(out[pgsl::unshuffle_channel(c, i, j, f) * plane + ho * Wo + wo],
+                     x[(c * H + ho * f + i) * W + wo * f + j]);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t wo = 0; wo < Wo; ++wo) {
+        const float* src =
+            out.data() + pgsl::unshuffle_channel(c, h % f, 0, f) * plane + (h / f) * Wo + wo;
+        pgsl::shuffle_run<float>(src, plane, back.data() + (c * H + h) * W + wo * f, 1, f);
+      }
+  for (size_t k = 0; k < x.size(); ++k) EXPECT_SAME(back[k], x[k]);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  static const pgsl_test::Group groups[] = {
+      {"soft_threshold_value", soft_threshold_value_tests},
+      {"soft_threshold_slope", soft_threshold_slope_tests},
+      {"unshuffle_channel", unshuffle_channel_tests},
+      {"block_argmax", block_argmax_tests},
+      {"block_mean", block_mean_tests},
+      {"block_reduce", block_reduce_tests},
+      {"unshuffle_runs", run_tests},
+  };
+  return pgsl_test::run_groups(groups, argc, argv);
+}
