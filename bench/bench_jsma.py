@@ -182,6 +182,14 @@ def bench_attack(model, x, y, library_digits):
             seconds, result = best_time(lambda: run_ours(xs, ys, targeted))
             succ, pix = summary(result.adversarial, xs, result.success)
             rows.append(("pgsl_ext.attacks.jsma", mode, count, seconds, succ, pix, result.iterations.float().mean().item()))
+        if targeted:
+            # torchattacks' settings: pixels >= 0.99 excluded, ceil(N * gamma / 2) = 40 iterations.
+            xs, ys = x[sub], y[sub]
+            like = dict(targeted=True, target=(ys + 1) % 10, domain_margin=0.01, gamma=40.5 * 2 / xs[0].numel())
+            seconds, result = best_time(lambda: attacks.jsma(model, xs, ys, **like))
+            succ, pix = summary(result.adversarial, xs, result.success)
+            rows.append(("pgsl_ext.attacks.jsma", "targeted, torchattacks' domain and budget", library_digits,
+                         seconds, succ, pix, result.iterations.float().mean().item()))
         xs, ys = x[sub], y[sub]
         kw = {"targeted": True, "target": (ys + 1) % 10} if targeted else {}
         seconds, result = best_time(lambda: reference.jsma(model, xs, ys, **kw), repeats=1)
