@@ -172,14 +172,14 @@ def bench_attack(model, x, y, library_digits):
 
     for count in (len(y), library_digits):
         xs, ys = x[:count], y[:count]
-        seconds, result = best_time(lambda: run_ours(xs, ys, False, "softmax"))
+        seconds, result = best_time(lambda: run_ours(xs, ys, False, "softmax"), repeats=5)
         succ, pix = summary(result.adversarial, xs, result.success)
         rows.append(("pgsl_ext.attacks.jsma", "PGSL non-targeted, softmax", count, seconds, succ, pix,
                      result.iterations.float().mean().item()))
     for targeted, mode in ((False, "PGSL non-targeted"), (True, "targeted (y+1)%10")):
         for count in (len(y), library_digits):
             xs, ys = x[:count], y[:count]
-            seconds, result = best_time(lambda: run_ours(xs, ys, targeted))
+            seconds, result = best_time(lambda: run_ours(xs, ys, targeted), repeats=5)
             succ, pix = summary(result.adversarial, xs, result.success)
             rows.append(("pgsl_ext.attacks.jsma", mode, count, seconds, succ, pix, result.iterations.float().mean().item()))
         if targeted:
@@ -201,7 +201,7 @@ def bench_attack(model, x, y, library_digits):
     notes.append(label)
     if attack is not None:
         # torchattacks' JSMA is always targeted; its default target is (y + 1) % 10.
-        seconds, adversarial = best_time(lambda: attack(xs, ys), repeats=1)
+        seconds, adversarial = best_time(lambda: attack(xs, ys), repeats=2)
         with torch.no_grad():
             success = model(adversarial).argmax(1) == ts
         succ, pix = summary(adversarial, xs, success)
@@ -209,7 +209,7 @@ def bench_attack(model, x, y, library_digits):
     attack, label = advertorch_jsma(model)
     notes.append(label)
     if attack is not None:
-        seconds, adversarial = best_time(lambda: attack.perturb(xs.clone(), ts), repeats=1)
+        seconds, adversarial = best_time(lambda: attack.perturb(xs.clone(), ts), repeats=2)
         with torch.no_grad():
             success = model(adversarial).argmax(1) == ts
         succ, pix = summary(adversarial, xs, success)
