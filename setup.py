@@ -40,6 +40,11 @@ import torch  # noqa: E402
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("csrc")
 
+# Host-compiler flags of the CPU kernels (CMakeLists.txt passes the same): vectorisable maths
+# without errno or trapping, and no FMA contraction, so that a matrix's result does not depend
+# on which SIMD lane or tail loop computed it.
+CPU_FLAGS = ["-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
+
 # Architectures compiled when TORCH_CUDA_ARCH_LIST is unset: Ampere, Hopper, Blackwell
 # (data-centre and consumer), plus PTX for later chips.
 DEFAULT_CUDA_ARCHS = "8.0;9.0;10.0;12.0+PTX"
@@ -79,7 +84,7 @@ def nvidia_wheel_includes():
 def extension():
     with_cuda, why = want_cuda()
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    cxx = ["-O3", "-std=c++20", *openmp]
+    cxx = ["-O3", "-std=c++20", *CPU_FLAGS, *openmp]
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     define_macros = []
     kwargs = {}

@@ -15,4 +15,13 @@ TORCH_LIBRARY(pgsl_ext, m) {
   m.def(
       "jsma_saliency_search(Tensor grad_class, Tensor grad_others, Tensor domain, *, "
       "bool targeted) -> (Tensor p, Tensor q, Tensor found)");
+  m.def(
+      "svt(Tensor x, float tau, *, int? rank=None, int oversample=10, int power_iters=2, "
+      "Generator? generator=None) -> Tensor");
+  m.def(
+      "svt.Tensor(Tensor x, Tensor tau, *, int? rank=None, int oversample=10, int power_iters=2, "
+      "Generator? generator=None) -> Tensor");
+  m.def(
+      "rpca(Tensor x, *, float? mu=0.55, float? lam=None, int max_iter=1000, float tol=1e-7, "
+      "int? rank=None) -> (Tensor low_rank, Tensor sparse, Tensor iterations, Tensor converged)");
 }

@@ -101,3 +101,10 @@ def test_cuda_kernels_built_wherever_setup_py_wants_them(setup_py):
         assert pgsl_ext.build_info()["cuda"], (
             f"setup.py wants CUDA kernels here ({why}), but the installed build has none"
         )
+
+
+def test_cmake_compiles_with_setup_py_cpu_flags(setup_py):
+    """Both builds must compile the same arithmetic (e.g. no FMA contraction in either)."""
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    for flag in setup_py.CPU_FLAGS:
+        assert flag in cmake, f"CMakeLists.txt does not pass {flag} (setup.py's CPU_FLAGS)"

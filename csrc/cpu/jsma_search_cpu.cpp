@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "simd_clones.h"
 #include "pgsl/jsma.h"
 
 namespace pgsl {
@@ -30,17 +31,12 @@ namespace {
 
 constexpr const char* kOp = "pgsl_ext.jsma_saliency_search";
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define PGSL_JSMA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PGSL_JSMA_CLONES
-#endif
 
 // The largest masked score of the pairs (c, q), q in [begin, end). Lane-wise
 // blends over a fixed-width block (no reduction semantics needed, so the
 // compiler vectorises it without fast-math), then a scalar max over the lanes.
 template <typename T>
-inline T scan_max_impl(const T* u, const T* v, T uc, T vc, int64_t begin, int64_t end) {
+PGSL_CPU_INLINE T scan_max_impl(const T* u, const T* v, T uc, T vc, int64_t begin, int64_t end) {
   constexpr int kLanes = 64 / sizeof(T);
   T lane[kLanes];
   for (int l = 0; l < kLanes; ++l) lane[l] = jsma_no_score<T>();
@@ -59,11 +55,11 @@ inline T scan_max_impl(const T* u, const T* v, T uc, T vc, int64_t begin, int64_
   for (int l = 0; l < kLanes; ++l) best = lane[l] > best ? lane[l] : best;
   return best;
 }
-PGSL_JSMA_CLONES float scan_max_f32(const float* u, const float* v, float uc, float vc,
+PGSL_CPU_CLONES float scan_max_f32(const float* u, const float* v, float uc, float vc,
                                     int64_t begin, int64_t end) {
   return scan_max_impl<float>(u, v, uc, vc, begin, end);
 }
-PGSL_JSMA_CLONES double scan_max_f64(const double* u, const double* v, double uc, double vc,
+PGSL_CPU_CLONES double scan_max_f64(const double* u, const double* v, double uc, double vc,
                                      int64_t begin, int64_t end) {
   return scan_max_impl<double>(u, v, uc, vc, begin, end);
 }
@@ -185,7 +181,7 @@ Winner bound_search(const T* u, const T* v, int64_t m, RowBuffers<T>& buf) {
 // For every position i: how many of the pivots dominate it (capped use: >= 2
 // means "not in the covering set"). Vectorised over i.
 template <typename T>
-inline void count_dominators_impl(const T* u, const T* v, int64_t m, const int64_t* pivots,
+PGSL_CPU_INLINE void count_dominators_impl(const T* u, const T* v, int64_t m, const int64_t* pivots,
                                   int npivots, int32_t* count) {
   for (int64_t i = 0; i < m; ++i) count[i] = 0;
   for (int k = 0; k < npivots; ++k) {
@@ -195,27 +191,27 @@ inline void count_dominators_impl(const T* u, const T* v, int64_t m, const int64
       count[i] += jsma_dominates<T>(ur, vr, r, u[i], v[i], i) ? 1 : 0;
   }
 }
-PGSL_JSMA_CLONES void count_dominators_f32(const float* u, const float* v, int64_t m,
+PGSL_CPU_CLONES void count_dominators_f32(const float* u, const float* v, int64_t m,
                                            const int64_t* pivots, int npivots, int32_t* count) {
   count_dominators_impl<float>(u, v, m, pivots, npivots, count);
 }
-PGSL_JSMA_CLONES void count_dominators_f64(const double* u, const double* v, int64_t m,
+PGSL_CPU_CLONES void count_dominators_f64(const double* u, const double* v, int64_t m,
                                            const int64_t* pivots, int npivots, int32_t* count) {
   count_dominators_impl<double>(u, v, m, pivots, npivots, count);
 }
 
 // hit[i] |= the pair (i, r) scores exactly `target`, for i in [0, end), i != r.
 template <typename T>
-inline void mark_hits_impl(const T* u, const T* v, int64_t end, int64_t r, T target, uint8_t* hit) {
+PGSL_CPU_INLINE void mark_hits_impl(const T* u, const T* v, int64_t end, int64_t r, T target, uint8_t* hit) {
   const T ur = u[r], vr = v[r];
   for (int64_t i = 0; i < end; ++i)
     hit[i] |= (jsma_masked_score<T>(u[i], v[i], ur, vr) == target && i != r) ? 1 : 0;
 }
-PGSL_JSMA_CLONES void mark_hits_f32(const float* u, const float* v, int64_t end, int64_t r,
+PGSL_CPU_CLONES void mark_hits_f32(const float* u, const float* v, int64_t end, int64_t r,
                                     float target, uint8_t* hit) {
   mark_hits_impl<float>(u, v, end, r, target, hit);
 }
-PGSL_JSMA_CLONES void mark_hits_f64(const double* u, const double* v, int64_t end, int64_t r,
+PGSL_CPU_CLONES void mark_hits_f64(const double* u, const double* v, int64_t end, int64_t r,
                                     double target, uint8_t* hit) {
   mark_hits_impl<double>(u, v, end, r, target, hit);
 }

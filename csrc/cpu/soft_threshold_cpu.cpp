@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "simd_clones.h"
 #include "pgsl/soft_threshold.h"
 
 namespace pgsl {
@@ -18,14 +19,8 @@ constexpr const char* kOp = "pgsl_ext.soft_threshold";
 // Contiguous runs get their own loops so that the compiler sees unit strides
 // and a loop-invariant tau. The target_clones pick AVX-512/AVX2 code at load
 // time where the CPU has it, like ATen's own dispatch.
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define PGSL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PGSL_CPU_CLONES
-#endif
-
 template <typename T>
-inline void shrink_run(T* out, const T* x, T tau, int64_t n) {
+PGSL_CPU_INLINE void shrink_run(T* out, const T* x, T tau, int64_t n) {
   for (int64_t k = 0; k < n; ++k) out[k] = soft_threshold_value<T>(x[k], tau);
 }
 PGSL_CPU_CLONES void shrink_run_f32(float* out, const float* x, float tau, int64_t n) {

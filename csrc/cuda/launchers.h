@@ -8,6 +8,7 @@
 #include "pgsl/jsma.h"
 #include "pgsl/macros.h"
 #include "pgsl/pixel_unshuffle.h"
+#include "pgsl/svd_jacobi.h"
 
 namespace pgsl {
 
@@ -41,5 +42,26 @@ cudaError_t launch_jsma_saliency_search(ScalarKind kind, const JsmaSearchParams&
                                         const void* grad_class, const void* grad_others,
                                         const bool* domain, void* workspace, int64_t* p_out,
                                         int64_t* q_out, bool* found, cudaStream_t stream);
+
+// Small-matrix SVT and RPCA, one matrix per thread (pgsl/svd_jacobi.h and
+// pgsl/rpca.h with L = 1). `workspace` holds small_*_workspace(g) elements of
+// the matrix dtype; tau / mu0 are (B,) in that dtype.
+int64_t small_svt_workspace(const SmallBatchGeometry& g);
+int64_t small_rpca_workspace(const SmallBatchGeometry& g);
+
+cudaError_t launch_small_svt(ScalarKind kind, const SmallBatchGeometry& g, const void* x,
+                             const void* tau, void* out, int* kept, void* workspace,
+                             cudaStream_t stream);
+
+struct RpcaKernelOptions {
+  double lam, tol;
+  int64_t max_iter;
+  bool continuation;
+};
+
+cudaError_t launch_small_rpca(ScalarKind kind, const SmallBatchGeometry& g, const void* x,
+                              const void* mu0, const RpcaKernelOptions& options, void* low_rank,
+                              void* sparse, int64_t* iterations, bool* converged, void* workspace,
+                              cudaStream_t stream);
 
 }  // namespace pgsl

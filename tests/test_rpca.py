@@ -1,0 +1,128 @@
+"""rpca: the fused small-matrix loop and the batched loop against the plain-PyTorch APG,
+optimality conditions, exact recovery, randomized SVT inside, NaN and zero matrices, errors."""
+
+import pytest
+import torch
+
+from pgsl_ext import ops, reference
+from conftest import DEVICES, with_layout
+
+
+def _matrices(shape, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+def _low_rank_plus_sparse(batch, m, n, rank, density, seed, device):
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(batch, m, rank, generator=g, dtype=torch.float64) @ torch.randn(
+        batch, rank, n, generator=g, dtype=torch.float64
+    )
+    mask = torch.rand(batch, m, n, generator=g, dtype=torch.float64) < density
+    sparse = torch.where(mask, 10 * torch.sign(torch.randn(batch, m, n, generator=g, dtype=torch.float64)), 0.0)
+    return low.to(device), sparse.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(19, 14, 14), (3, 6, 9), (2, 2, 9, 5), (1, 1, 6), (2, 40, 34)], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_matches_reference_apg(device, shape, layout):
+    x = with_layout(_matrices(shape, torch.float64, device, seed=1), layout)
+    got = ops.rpca(x, mu=0.55, max_iter=300, tol=1e-9)
+    want = reference.rpca(x, mu=0.55, max_iter=300, tol=1e-9)
+    assert torch.equal(got.iterations, want.iterations)
+    assert torch.equal(got.converged, want.converged)
+    torch.testing.assert_close(got.low_rank, want.low_rank, rtol=0, atol=1e-9)
+    torch.testing.assert_close(got.sparse, want.sparse, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(24, 14, 14), (2, 40, 36)], ids=str)
+def test_optimality_conditions_at_the_returned_point(device, dtype, shape):
+    x = _matrices(shape, dtype, device, seed=2)
+    mu, lam = 0.55, 1 / 14**0.5
+    r = ops.rpca(x, mu=mu, lam=lam)
+    assert r.converged.all()
+    tol = 2e-4 if dtype == torch.float32 else 1e-6
+    scale = x.double().norm(dim=(-2, -1), keepdim=True)
+    low, sparse = r.low_rank.double(), r.sparse.double()
+    assert ((low - reference.svt(x.double() - sparse, mu)).norm(dim=(-2, -1), keepdim=True) / scale).max() < tol
+    assert ((sparse - reference.soft_threshold(x.double() - low, mu * lam)).norm(dim=(-2, -1), keepdim=True) / scale).max() < tol
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size", [24, 48])
+def test_exact_recovery_with_continuation(device, size):
+    low, sparse = _low_rank_plus_sparse(3, size, size, 2, 0.05, 3, device)
+    r = ops.rpca(low + sparse, mu=None, tol=1e-7, max_iter=2000)
+    assert r.converged.all()
+    rel = (r.low_rank - low).norm(dim=(-2, -1)) / low.norm(dim=(-2, -1))
+    assert rel.max() < 5e-3
+    assert ((r.sparse - sparse).abs() > 0.1).sum() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_randomized_svt_inside_matches_exact(device):
+    low, sparse = _low_rank_plus_sparse(2, 96, 80, 3, 0.03, 4, device)
+    x = low + sparse
+    exact = ops.rpca(x, mu=0.55, max_iter=200)
+    randomized = ops.rpca(x, mu=0.55, max_iter=200, rank=8)
+    torch.testing.assert_close(randomized.low_rank, exact.low_rank, rtol=0, atol=1e-6)
+    assert torch.equal(randomized.iterations, exact.iterations)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [14, 40])
+def test_zero_and_non_finite_matrices(device, n):
+    x = _matrices((4, n, n), torch.float32, device)
+    x[1] = 0
+    x[2, 3, 4] = float("nan")
+    r = ops.rpca(x)
+    assert r.converged.tolist() == [True, True, False, True]
+    assert r.iterations[1].item() == 1 and r.iterations[2].item() == 0
+    assert torch.equal(r.low_rank[1], torch.zeros(n, n, device=device))  # no 0/0
+    assert torch.isnan(r.low_rank[2]).all() and torch.isnan(r.sparse[2]).all()
+    alone = ops.rpca(x[[0, 3]])
+    torch.testing.assert_close(r.low_rank[[0, 3]], alone.low_rank, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_dims_and_empty(device):
+    x = _matrices((2, 3, 5, 4), torch.float64, device)
+    r = ops.rpca(x)
+    assert r.low_rank.shape == x.shape and r.iterations.shape == (2, 3) and r.converged.dtype == torch.bool
+    e = ops.rpca(torch.zeros(0, 5, 5, device=device))
+    assert e.low_rank.shape == (0, 5, 5) and e.iterations.shape == (0,)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_max_iter_reports_not_converged(device):
+    r = ops.rpca(_matrices((3, 14, 14), torch.float64, device), max_iter=5, tol=1e-12)
+    assert r.iterations.tolist() == [5, 5, 5] and not r.converged.any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    x = _matrices((3, 6, 5), torch.float64, device)
+    torch.library.opcheck(torch.ops.pgsl_ext.rpca.default, (x,), {"mu": 0.55, "max_iter": 50})
+    torch.library.opcheck(torch.ops.pgsl_ext.rpca.default, (x,), {"mu": None, "max_iter": 50})
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_inputs_name_the_argument(device):
+    x = _matrices((3, 6, 5), torch.float32, device)
+    with pytest.raises(ValueError, match="`mu` > 0"):
+        ops.rpca(x, mu=0.0)
+    with pytest.raises(ValueError, match="`lam` > 0"):
+        ops.rpca(x, lam=-1.0)
+    with pytest.raises(ValueError, match="`max_iter` >= 1"):
+        ops.rpca(x, max_iter=0)
+    with pytest.raises(ValueError, match="`tol` > 0"):
+        ops.rpca(x, tol=0.0)
+    with pytest.raises(ValueError, match="`rank` >= 1"):
+        ops.rpca(x, rank=0)
+    with pytest.raises(TypeError, match="`x` to be float32 or float64"):
+        ops.rpca(x.long())
+    with pytest.raises(ValueError, match="`x` of shape"):
+        ops.rpca(x[0, 0])

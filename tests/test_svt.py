@@ -1,0 +1,186 @@
+"""svt: the Jacobi kernel, the blocked and randomized paths against float64 references,
+edge cases (zeros, repeated singular values, extreme scales, conditioning, NaN), opcheck, errors."""
+
+import pytest
+import torch
+
+from pgsl_ext import ops, reference
+from conftest import DEVICES, with_layout
+
+REAL_DTYPES = [torch.float32, torch.float64]
+# min(m, n) <= 32: Jacobi kernel; larger: blocked path. Wide, tall, vectors, awkward sizes.
+SHAPES = [(37, 14, 14), (5, 9, 4), (6, 4, 9), (3, 1, 7), (3, 7, 1), (2, 3, 5, 5), (4, 32, 32), (17, 59, 3), (2, 40, 33), (1, 33, 97)]
+
+
+def _matrices(shape, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+def _err(out, expected):
+    """Max error relative to the spectral scale of the problem."""
+    scale = expected.abs().amax().clamp_min(1.0)
+    return ((out.double() - expected.double()).abs().amax() / scale).item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
+def test_exact_matches_float64_reference(device, dtype, shape, layout):
+    x = with_layout(_matrices(shape, dtype, device), layout)
+    out = ops.svt(x, 1.0)
+    assert out.shape == x.shape and out.dtype == dtype and out.is_contiguous()
+    expected = reference.svt(x.double(), 1.0)
+    assert _err(out, expected) < (2e-5 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 3, 6, 5), (7, 14, 14), (3, 40, 35)], ids=str)
+def test_tensor_tau_one_per_matrix(device, shape):
+    x = _matrices(shape, torch.float64, device)
+    tau = torch.rand(shape[:-2], dtype=torch.float64, device=device) * 3
+    torch.testing.assert_close(ops.svt(x, tau), reference.svt(x, tau), rtol=0, atol=1e-12)
+    # A tau that broadcasts over the batch (one value) equals the scalar overload.
+    torch.testing.assert_close(ops.svt(x, torch.tensor(1.5, device=device)), ops.svt(x, 1.5), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_each_matrix_is_independent_of_its_batch(device, dtype):
+    # Lane groups of 16/8 matrices on the CPU, a thread per matrix on CUDA: a matrix's result
+    # is bitwise the same alone, in a full group, or in the tail.
+    x = _matrices((37, 14, 11), dtype, device, seed=3)
+    together = ops.svt(x, 0.7)
+    for i in (0, 5, 16, 36):
+        assert torch.equal(ops.svt(x[i : i + 1], 0.7), together[i : i + 1])
+    shuffled = torch.randperm(37)
+    assert torch.equal(ops.svt(x[shuffled], 0.7), together[shuffled])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+@pytest.mark.parametrize("n", [5, 14, 40])
+def test_edge_cases(device, dtype, n):
+    kw = dict(dtype=dtype, device=device)
+    zeros = torch.zeros(3, n, n, **kw)
+    assert torch.equal(ops.svt(zeros, 1.0), zeros)
+    three_eye = 3 * torch.eye(n, **kw).expand(2, n, n)  # repeated singular values
+    torch.testing.assert_close(ops.svt(three_eye, 1.0), 2 * torch.eye(n, **kw).expand(2, n, n))
+    x = _matrices((4, n, n - 2), dtype, device)
+    tol = 1e-5 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(ops.svt(x, 0.0), x, rtol=tol, atol=tol)
+    top = torch.linalg.matrix_norm(x.double(), 2).max().item()
+    assert torch.equal(ops.svt(x, 1.01 * top), torch.zeros_like(x))  # above every singular value: exactly 0
+    low_rank = x[..., :2] @ x[..., :2].mT  # rank 2, n x n
+    assert _err(ops.svt(low_rank, 0.5), reference.svt(low_rank.double(), 0.5)) < (1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale", [1e20, 1e-20])
+@pytest.mark.parametrize("n", [14, 40])
+def test_extreme_scales_do_not_overflow(device, scale, n):
+    x64 = _matrices((3, n, n), torch.float64, device, seed=1)
+    expected = reference.svt(x64, 1.0) * scale
+    out = ops.svt((x64 * scale).float(), scale)  # svt(c X, c tau) = c svt(X, tau)
+    assert torch.isfinite(out).all()
+    assert ((out.double() - expected).abs().amax() / expected.abs().amax()).item() < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_holds_at_condition_number_1e6(device):
+    # A Gram-matrix (eigh) shortcut squares the condition number and fails this.
+    g = torch.Generator().manual_seed(4)
+    n = 14
+    u, _ = torch.linalg.qr(torch.randn(8, n, n, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(8, n, n, generator=g, dtype=torch.float64))
+    s = torch.logspace(0, -6, n, dtype=torch.float64)
+    x = ((u * s) @ v.mT).float().to(device)
+    tau = 1e-4
+    err = (ops.svt(x, tau).double() - ops.svt(x.double(), tau).double()).abs().amax().item()
+    assert err < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [9, 40])
+def test_non_finite_matrix_is_confined(device, n):
+    x = _matrices((5, n, n), torch.float32, device)
+    bad = x.clone()
+    bad[1, 2, 3] = float("nan")
+    bad[3, 0, 0] = float("inf")
+    out = ops.svt(bad, 0.5)
+    assert torch.isnan(out[1]).all() and torch.isnan(out[3]).all()
+    keep = [0, 2, 4]
+    torch.testing.assert_close(out[keep], ops.svt(x[keep], 0.5), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(0, 5, 5), (3, 0, 4), (2, 4, 0)], ids=str)
+def test_empty(device, shape):
+    x = torch.zeros(shape, device=device)
+    assert ops.svt(x, 1.0).shape == x.shape
+
+
+def _low_rank_plus_noise(batch, m, n, rank, noise, seed, device, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(batch, m, rank, generator=g, dtype=torch.float64)
+    b = torch.randn(batch, rank, n, generator=g, dtype=torch.float64)
+    x = a @ b + noise * torch.randn(batch, m, n, generator=g, dtype=torch.float64)
+    return x.to(dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_randomized_matches_exact_on_low_rank(device, dtype):
+    x = _low_rank_plus_noise(3, 120, 90, 6, 1e-3, 5, device, dtype)
+    g = torch.Generator(device=device).manual_seed(0)
+    out = ops.svt(x, 1.0, rank=8, generator=g)
+    expected = reference.svt(x.double(), 1.0)
+    assert _err(out, expected) < (1e-4 if dtype == torch.float32 else 1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_randomized_grows_the_sketch_instead_of_truncating(device):
+    # Full rank and a small tau: the thresholded rank (~60) is far above rank + oversample (12).
+    x = _matrices((2, 64, 60), torch.float64, device, seed=6)
+    g = torch.Generator(device=device).manual_seed(1)
+    out = ops.svt(x, 0.05, rank=2, oversample=10, generator=g)
+    assert _err(out, reference.svt(x, 0.05)) < 1e-10
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_randomized_is_deterministic_for_a_generator(device):
+    x = _low_rank_plus_noise(2, 80, 70, 5, 1e-2, 7, device)
+    runs = [ops.svt(x, 0.5, rank=5, generator=torch.Generator(device=device).manual_seed(42)) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    x = _matrices((3, 6, 5), torch.float32, device)
+    torch.library.opcheck(torch.ops.pgsl_ext.svt.default, (x, 0.5))
+    torch.library.opcheck(torch.ops.pgsl_ext.svt.Tensor, (x, torch.rand(3, device=device)))
+    torch.library.opcheck(torch.ops.pgsl_ext.svt.default, (_matrices((2, 40, 36), torch.float64, device), 0.5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_inputs_name_the_argument(device):
+    x = _matrices((3, 6, 5), torch.float32, device)
+    with pytest.raises(ValueError, match=r"`x` of shape \(\.\.\., m, n\)"):
+        ops.svt(x[0, 0], 1.0)
+    with pytest.raises(TypeError, match="`x` to be float32 or float64.*Half"):
+        ops.svt(x.half(), 1.0)
+    with pytest.raises(ValueError, match="`tau` >= 0"):
+        ops.svt(x, -1.0)
+    with pytest.raises(ValueError, match="every entry of `tau` >= 0"):
+        ops.svt(x, torch.tensor([1.0, -1.0, 0.0], device=device))
+    with pytest.raises(ValueError, match=r"`tau` of shape x.shape\[:-2\]"):
+        ops.svt(x, torch.ones(4, device=device))
+    with pytest.raises(ValueError, match="`rank` >= 1"):
+        ops.svt(x, 1.0, rank=0)
+    with pytest.raises(ValueError, match="`oversample` >= 0"):
+        ops.svt(x, 1.0, rank=2, oversample=-1)
+    with pytest.raises(ValueError, match="`power_iters` >= 0"):
+        ops.svt(x, 1.0, rank=2, power_iters=-1)
+    with pytest.raises(NotImplementedError, match="not differentiable"):
+        ops.svt(x.clone().requires_grad_(), 1.0).sum().backward()
