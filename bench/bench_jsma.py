@@ -374,13 +374,74 @@ def render(accuracy, attack_rows, notes, search_rows, big) -> str:
     return "\n".join(out)
 
 
-def write_section(path: Path, section: str) -> None:
+def write_section(path: Path, section: str, heading: str = "## jsma") -> None:
+    """Replace the section that starts with the line `heading` (or append it)."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find("## jsma")
+    start = text.find(heading + "\n")
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + text[end + 1 :] if end >= 0 else text[:start]
     path.write_text(text.rstrip("\n") + "\n\n" + section)
+
+
+def bench_cuda(model, x, y, device="cuda") -> str:
+    """The device check: CUDA kernel == CPU kernel, search throughput, the attack on 100 digits.
+
+    Returns a "## jsma (CUDA)" section. Times with torch.cuda.synchronize around each call.
+    """
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{dev} (dry run of the device check)"
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    lines = ["## jsma (CUDA)", "", f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
+             f"{name}; commit {commit()}. "
+             "`PYTHONPATH=. python bench/bench_jsma.py --cuda-only --write bench/RESULTS.md`.", ""]
+
+    def cuda_time(fn, repeats=10):
+        fn()
+        sync()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = fn()
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        return best, out
+
+    gc, go, domain = first_iteration_gradients(model, x, y)
+    t = torch.distributions.StudentT(2.0)
+    torch.manual_seed(0)
+    big = 3 * 224 * 224
+    cases = [("MNIST first-iteration gradients", gc, go, domain)]
+    for rows in (4, 132):
+        g_big, o_big = t.sample((rows, big)), t.sample((rows, big))
+        cases.append((f"Student-t, {rows} rows", g_big, o_big, torch.rand(rows, big) < 0.95))
+    lines += ["| search input | mode | N | rows | time per call | us / image-iteration | pairs / s | equals CPU |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for name, a, b, d in cases:
+        rows, n = a.shape
+        for targeted, mode in ((True, "targeted"), (False, "PGSL")):
+            cpu = ops.jsma_saliency_search(a, b, d, targeted=targeted)
+            ad, bd, dd = a.to(dev), b.to(dev), d.to(dev)
+            seconds, gpu = cuda_time(lambda: ops.jsma_saliency_search(ad, bd, dd, targeted=targeted))
+            same = all(torch.equal(u.cpu(), v) for u, v in zip(gpu, cpu))
+            lines.append(f"| {name} | {mode} | {n} | {rows} | {seconds * 1e3:.3f} ms | {seconds / rows * 1e6:.2f} | "
+                         f"{rows * n * (n - 1) / 2 / seconds:.2e} | {'yes' if same else 'NO'} |")
+    lines += ["", "| attack | digits | ms per 100 digits | success | pixels changed | equals reference (on GPU) |",
+              "| --- | ---: | ---: | ---: | ---: | --- |"]
+    model_d = model.to(dev)
+    xd, yd = x.to(dev), y.to(dev)
+    for kwargs, mode in (({}, "PGSL non-targeted"), ({"jacobian": "softmax"}, "PGSL non-targeted, softmax"),
+                         ({"targeted": True, "target": (yd + 1) % 10}, "targeted (y+1)%10")):
+        seconds, result = cuda_time(lambda: attacks.jsma(model_d, xd, yd, **kwargs), repeats=5)
+        ref = reference.jsma(model_d, xd[:20], yd[:20], **{k: (v[:20] if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()})
+        fast20 = attacks.jsma(model_d, xd[:20], yd[:20], **{k: (v[:20] if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()})
+        same = all(torch.equal(u, v) for u, v in zip(fast20, ref))
+        succ, pix = summary(result.adversarial, xd, result.success)
+        lines.append(f"| {mode} | {len(yd)} | {seconds / len(yd) * 100 * 1e3:.2f} | {succ:.0f}% | {pix:.1f} | "
+                     f"{'yes (first 20)' if same else 'NO'} |")
+    model.to("cpu")
+    lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -393,15 +454,25 @@ def main(argv=None):
     parser.add_argument("--digits", type=int, default=100)
     parser.add_argument("--library-digits", type=int, default=20)
     parser.add_argument("--write", type=Path, default=None, help="results file to update (e.g. bench/RESULTS.md)")
+    parser.add_argument("--cuda-only", action="store_true", help="only the CUDA device check (needs a GPU)")
     args = parser.parse_args(argv)
     model, x, y, accuracy = mnist_model()
     x, y = x[: args.digits], y[: args.digits]
+    if torch.cuda.is_available() and pgsl_ext.build_info()["cuda"]:
+        section = bench_cuda(model, x, y)
+        print(section)
+        if args.write is not None:
+            write_section(args.write, section, "## jsma (CUDA)")
+    elif args.cuda_only:
+        raise SystemExit("--cuda-only: no CUDA device, or pgsl_ext was built without CUDA kernels")
+    if args.cuda_only:
+        return
     attack_rows, notes = bench_attack(model, x, y, args.library_digits)
     search_rows, big = bench_search(model, x, y)
     section = render(accuracy, attack_rows, notes, search_rows, big)
     print(section)
     if args.write is not None:
-        write_section(args.write, section)
+        write_section(args.write, section, "## jsma")
 
 
 if __name__ == "__main__":
