@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -228,7 +229,9 @@ def first_iteration_gradients(model, x, y):
     return gc, go, x.flatten(1) < 1.0
 
 
-def bench_search(model, x, y):
+def bench_search(model, x, y, measure="time"):
+    """measure="time": best-of-repeats timings; "memory": one call each under PeakRSS (run in a
+    child process whose large allocations go straight to mmap, see main)."""
     rows = []
     gc, go, domain = first_iteration_gradients(model, x, y)
     batch, n = gc.shape
@@ -238,11 +241,15 @@ def bench_search(model, x, y):
         assert all(torch.equal(a, b) for a, b in zip(got, expected)), "op != brute-force reference"
 
     def record(provider, mode, n, rows_per_call, fn, repeats):
-        with PeakRSS() as mem:
-            seconds, _ = best_time(fn, repeats)
+        if measure == "memory":
+            with PeakRSS() as mem:
+                fn()
+            rows.append((provider, mode, n, float("nan"), float("nan"), mem.bytes))
+            return
+        seconds, _ = best_time(fn, repeats)
         per_row = seconds / rows_per_call
         pairs = rows_per_call * n * (n - 1) / 2
-        rows.append((provider, mode, n, per_row * 1e6, pairs / seconds, mem.bytes))
+        rows.append((provider, mode, n, per_row * 1e6, pairs / seconds, float("nan")))
 
     for targeted, mode in ((True, "targeted"), (False, "PGSL")):
         record("pgsl_ext op", mode, n, batch, lambda: ops.jsma_saliency_search(gc, go, domain, targeted=targeted), 20)
@@ -360,7 +367,7 @@ def render(accuracy, attack_rows, notes, search_rows, big) -> str:
     out.append("| provider | mode | N | us / image-iteration | pairs / s | peak memory above baseline |")
     out.append("| --- | --- | ---: | ---: | ---: | ---: |")
     for provider, mode, n, us, pairs, mem in search_rows:
-        out.append(f"| {provider} | {mode} | {n} | {us:.1f} | {pairs:.2e} | {fmt_bytes(mem)} |")
+        out.append(f"| {provider} | {mode} | {n} | {us:.1f} | {pairs:.2e} | {'-' if mem != mem else fmt_bytes(mem)} |")
     n2 = big * big
     out.append("")
     out.append(f"N = 784: real gradients of the attack's first iteration on 100 digits (pgsl_ext and advertorch "
@@ -369,7 +376,7 @@ def render(accuracy, attack_rows, notes, search_rows, big) -> str:
                f"brute-force reference are not run there: one (N, N) float32 tensor is {fmt_bytes(4 * n2)}, and "
                f"torchattacks builds about five (its issue #187). 'pairs / s' counts the N(N-1)/2 pairs an exhaustive "
                f"search would score; pgsl_ext scores far fewer (exact pruning). Peak memory is the resident-set growth "
-               f"sampled every 0.5 ms (allocator caching can hide small buffers).")
+               f"during one call, sampled every 0.5 ms in a separate process whose allocations above 64 KiB go straight to mmap.")
     out.append("")
     return "\n".join(out)
 
@@ -444,20 +451,30 @@ def bench_cuda(model, x, y, device="cuda") -> str:
     return "\n".join(lines)
 
 
+def search_memory(digits):
+    """Peak memory of each search provider, measured in a child process where allocations above
+    64 KiB go straight to mmap (so freed memory leaves the resident set and every provider's
+    N x N tensors show, not a reused malloc arena). Timings never run under that setting."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    out = subprocess.run([sys.executable, __file__, "--search-memory", "--digits", str(digits)],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    return {(p, m, n): b for p, m, n, b in json.loads(out.strip().splitlines()[-1])}
+
+
 def main(argv=None):
-    # Large buffers straight from mmap, so that freed memory leaves the resident set and the
-    # peak-memory column sees every provider's N x N tensors (not a reused malloc arena).
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--digits", type=int, default=100)
     parser.add_argument("--library-digits", type=int, default=20)
     parser.add_argument("--write", type=Path, default=None, help="results file to update (e.g. bench/RESULTS.md)")
     parser.add_argument("--cuda-only", action="store_true", help="only the CUDA device check (needs a GPU)")
+    parser.add_argument("--search-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     model, x, y, accuracy = mnist_model()
     x, y = x[: args.digits], y[: args.digits]
+    if args.search_memory:  # the child process of search_memory()
+        rows, _ = bench_search(model, x, y, measure="memory")
+        print(json.dumps([[r[0], r[1], r[2], r[5]] for r in rows]))
+        return
     if torch.cuda.is_available() and pgsl_ext.build_info()["cuda"]:
         section = bench_cuda(model, x, y)
         print(section)
@@ -469,6 +486,8 @@ def main(argv=None):
         return
     attack_rows, notes = bench_attack(model, x, y, args.library_digits)
     search_rows, big = bench_search(model, x, y)
+    memory = search_memory(args.digits)
+    search_rows = [(*r[:5], memory.get((r[0], r[1], r[2]), float("nan"))) for r in search_rows]
     section = render(accuracy, attack_rows, notes, search_rows, big)
     print(section)
     if args.write is not None:
