@@ -333,6 +333,17 @@ void cuda_tests() {
   expect_error_naming(
       "saliency on another device", [&] { pixel_unshuffle_concat(x, saliency_on_cpu, 2, "max"); },
       "saliency");
+  // jsma_saliency_search: the CUDA kernel picks the CPU kernel's pairs, bit for bit.
+  for (auto dtype : {at::kFloat, at::kDouble}) {
+    const Tensor gc = at::randn({64, 300}).to(dtype), go = at::randn({64, 300}).to(dtype);
+    const Tensor domain = at::rand({64, 300}) < 0.9;
+    for (bool targeted : {true, false}) {
+      const auto [p, q, found] = jsma_saliency_search(gc, go, domain, targeted);
+      const auto [pc, qc, fc] = jsma_saliency_search(gc.to(at::kCUDA), go.to(at::kCUDA),
+                                                     domain.to(at::kCUDA), targeted);
+      EXPECT(at::equal(pc.cpu(), p) && at::equal(qc.cpu(), q) && at::equal(fc.cpu(), found));
+    }
+  }
 }
 
 }  // namespace
