@@ -13,6 +13,9 @@ TORCH_LIBRARY(pgsl_ext, m) {
       "pixel_unshuffle_concat_backward(Tensor grad_out, Tensor saliency, int channels, "
       "int factor, str reduce) -> (Tensor, Tensor)");
   m.def(
+      "jsma_saliency_search(Tensor grad_class, Tensor grad_others, Tensor domain, *, "
+      "bool targeted) -> (Tensor p, Tensor q, Tensor found)");
+  m.def(
       "svt(Tensor x, float tau, *, int? rank=None, int oversample=10, int power_iters=2, "
       "Generator? generator=None) -> Tensor");
   m.def(

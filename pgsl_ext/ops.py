@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ._types import RPCAResult
 
-__all__ = ["soft_threshold", "pixel_unshuffle_concat", "svt", "rpca", "RPCAResult"]
+__all__ = ["soft_threshold", "pixel_unshuffle_concat", "jsma_saliency_search", "svt", "rpca", "RPCAResult"]
 
 _ops = torch.ops.pgsl_ext
 
@@ -141,6 +141,78 @@ def _pixel_unshuffle_concat_fake(x: Tensor, saliency: Tensor, factor: int = 2, r
 def _pixel_unshuffle_concat_backward_fake(grad_out, saliency, channels, factor, reduce):
     b, _, h, w = saliency.shape
     return saliency.new_empty((b, channels, h, w)), saliency.new_empty(saliency.shape)
+
+
+# --------------------------------------------------------------------------- jsma_saliency_search
+
+
+def jsma_saliency_search(
+    grad_class: Tensor, grad_others: Tensor, domain: Tensor, *, targeted: bool
+) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""The best pair of features for one step of a Jacobian-based saliency map attack.
+
+    Per row, over pairs :math:`p < q` with both features in ``domain``:
+
+    .. math::
+        a = g^{c}_p + g^{c}_q, \qquad b = g^{o}_p + g^{o}_q, \qquad \mathrm{score} = -a\,b
+
+    A pair is valid when ``a > 0 and b < 0`` (``targeted=True``: raise the chosen class, lower
+    the others; Papernot et al. 2016) or ``a < 0 and b > 0`` (``targeted=False``: PGSL's
+    non-targeted attack, lower the true class, raise the others). The valid pair with the
+    largest score wins; among equal scores the smallest ``p * N + q``. A pair whose ``a``, ``b``
+    or score is not finite (NaN or ``±inf`` in either gradient, or an overflow) is never valid.
+    Scores are computed in the input dtype, identically on CPU and CUDA.
+
+    Exact and O(B*N) memory: it returns the brute-force O(N^2) winner, pruning features that
+    provably cannot be part of it.
+
+    Args:
+        grad_class (Tensor[B, N]): float32 or float64; the gradient of the chosen class's output
+            w.r.t. each of ``N`` input features. Any strides.
+        grad_others (Tensor[B, N]): same dtype and device; the gradient of the sum of the other
+            classes' outputs.
+        domain (Tensor[B, N]): bool; the features that may still be changed.
+        targeted (bool, keyword-only): which validity conditions apply (see above).
+
+    Returns:
+        (p, q, found): ``p`` and ``q`` (Tensor[B], int64, ``p < q``) the winning pair, ``-1``
+        where ``found`` (Tensor[B], bool) is False (no valid pair: e.g. fewer than two features
+        left in the domain, ``N < 2``, or no pair meeting the sign conditions).
+
+    Not differentiable: the outputs are indices; gradients never flow through this op.
+
+    Raises:
+        ValueError: ``grad_class`` not 2-d, or a shape mismatch between the three inputs.
+        TypeError: a dtype other than float32/float64, ``grad_others`` of another dtype, or
+            ``domain`` not bool.
+        RuntimeError: inputs on different devices.
+    """
+    _require_tensor(grad_class, "jsma_saliency_search", "grad_class")
+    _require_tensor(grad_others, "jsma_saliency_search", "grad_others")
+    _require_tensor(domain, "jsma_saliency_search", "domain")
+    if not isinstance(targeted, bool):
+        raise TypeError(
+            f"jsma_saliency_search: expected `targeted` to be a bool, but got {type(targeted).__name__}"
+        )
+    return _ops.jsma_saliency_search.default(grad_class, grad_others, domain, targeted=targeted)
+
+
+@torch.library.register_fake("pgsl_ext::jsma_saliency_search")
+def _jsma_saliency_search_fake(grad_class: Tensor, grad_others: Tensor, domain: Tensor, *, targeted: bool):
+    op = "jsma_saliency_search"
+    torch._check(
+        grad_class.dim() == 2, lambda: f"{op}: expected `grad_class` of shape (B, N), got {tuple(grad_class.shape)}"
+    )
+    torch._check(
+        grad_others.shape == grad_class.shape and domain.shape == grad_class.shape,
+        lambda: f"{op}: expected `grad_others` and `domain` of the shape of `grad_class` {tuple(grad_class.shape)}",
+    )
+    batch = grad_class.shape[0]
+    return (
+        grad_class.new_empty((batch,), dtype=torch.long),
+        grad_class.new_empty((batch,), dtype=torch.long),
+        grad_class.new_empty((batch,), dtype=torch.bool),
+    )
 
 
 # --------------------------------------------------------------------------- svt

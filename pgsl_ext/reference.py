@@ -8,7 +8,7 @@ fall back to these.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ._types import RPCAResult
 
-__all__ = ["soft_threshold", "pixel_unshuffle_concat", "svt", "rpca", "RPCAResult"]
+__all__ = ["soft_threshold", "pixel_unshuffle_concat", "svt", "rpca", "RPCAResult", "jsma_saliency_search", "jsma"]
 
 
 def soft_threshold(x: Tensor, tau: Union[float, Tensor]) -> Tensor:
@@ -40,6 +40,125 @@ def pixel_unshuffle_concat(x: Tensor, saliency: Tensor, factor: int = 2, reduce:
     blocks = x.reshape(b, c, h // factor, factor, w // factor, factor)
     unshuffled = blocks.permute(0, 1, 3, 5, 2, 4).reshape(b, c * factor * factor, h // factor, w // factor)
     return torch.cat([unshuffled, pooled], dim=1)
+
+
+def jsma_saliency_search(
+    grad_class: Tensor, grad_others: Tensor, domain: Tensor, *, targeted: bool, rows_per_chunk: int = 8
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Brute force over every pair: the definition of :func:`pgsl_ext.ops.jsma_saliency_search`.
+
+    Builds the (N, N) matrices of ``a``, ``b`` and the score for ``rows_per_chunk`` rows at a
+    time; ``argmax`` of the flattened upper triangle returns the first maximum, i.e. the
+    smallest ``p * N + q`` among equal scores.
+    """
+    batch, n = grad_class.shape
+    device = grad_class.device
+    p_out = torch.full((batch,), -1, dtype=torch.long, device=device)
+    q_out = torch.full((batch,), -1, dtype=torch.long, device=device)
+    found = torch.zeros(batch, dtype=torch.bool, device=device)
+    idx = torch.arange(n, device=device)
+    upper = idx[:, None] < idx[None, :]
+    for start in range(0, batch, rows_per_chunk):
+        rows = slice(start, min(start + rows_per_chunk, batch))
+        gc, go, dom = grad_class[rows], grad_others[rows], domain[rows]
+        a = gc[:, :, None] + gc[:, None, :]
+        b = go[:, :, None] + go[:, None, :]
+        score = -a * b
+        signs = (a > 0) & (b < 0) if targeted else (a < 0) & (b > 0)
+        valid = (
+            upper
+            & dom[:, :, None]
+            & dom[:, None, :]
+            & signs
+            & torch.isfinite(a)
+            & torch.isfinite(b)
+            & torch.isfinite(score)
+        )
+        masked = torch.where(valid, score, torch.full_like(score, float("-inf"))).flatten(1)
+        if n == 0:
+            continue
+        best = masked.argmax(dim=1)
+        ok = valid.flatten(1).any(dim=1)
+        p_out[rows] = torch.where(ok, best // n, -1)
+        q_out[rows] = torch.where(ok, best % n, -1)
+        found[rows] = ok
+    return p_out, q_out, found
+
+
+def _jsma_masks(out: Tensor, classes: Tensor) -> Tuple[Tensor, Tensor]:
+    chosen = torch.nn.functional.one_hot(classes, out.shape[1]).to(out.dtype)
+    return chosen, 1 - chosen
+
+
+def jsma(
+    model,
+    x: Tensor,
+    y: Tensor,
+    *,
+    targeted: bool = False,
+    target: Optional[Tensor] = None,
+    theta: float = 1.0,
+    gamma: float = 0.1,
+    clip: Tuple[float, float] = (0.0, 1.0),
+    jacobian: str = "logits",
+    domain_margin: float = 0.0,
+):
+    """Plain-PyTorch batched JSMA: the definition of :func:`pgsl_ext.attacks.jsma`.
+
+    One image at a time would be clearer still, but the model's numerics depend on the batch it
+    sees, so this runs the same batches as the fast attack: every iteration, one forward of the
+    images still running, two vector-Jacobian products (chosen class; sum of the others), the
+    brute-force :func:`jsma_saliency_search`, and both pixels of each pair moved by ``theta``.
+    Arguments are validated by :func:`pgsl_ext.attacks.jsma`; see it for their meaning.
+    """
+    from .attacks import JSMAResult
+
+    was_training = model.training
+    model.eval()
+    try:
+        batch = x.shape[0]
+        n = x[0].numel()
+        adv = x.detach().clone().reshape(batch, n)
+        lo, hi = clip
+        domain = adv < hi - domain_margin if theta > 0 else adv > lo + domain_margin
+        classes = target if targeted else y
+        budget = int(n * gamma / 2)
+        iterations = torch.zeros(batch, dtype=torch.long, device=x.device)
+        running = torch.ones(batch, dtype=torch.bool, device=x.device)
+        success = torch.zeros(batch, dtype=torch.bool, device=x.device)
+        for step in range(budget + 1):
+            rows = running.nonzero().flatten()
+            if rows.numel() == 0:
+                break
+            with torch.enable_grad():
+                xa = adv[rows].reshape(rows.numel(), *x.shape[1:]).requires_grad_(True)
+                out = model(xa)
+                if jacobian == "softmax":
+                    out = out.softmax(dim=1)
+                pred = out.argmax(dim=1)
+                reached = pred == classes[rows] if targeted else pred != classes[rows]
+                success[rows] = reached
+                if step == budget:
+                    break
+                chosen, others = _jsma_masks(out, classes[rows])
+                g_class = torch.autograd.grad(out, xa, chosen, retain_graph=True)[0]
+                g_others = torch.autograd.grad(out, xa, others)[0]
+            running[rows[reached]] = False  # finished: never touched again
+            go_on = ~reached
+            rows, g_class, g_others = rows[go_on], g_class[go_on], g_others[go_on]
+            p, q, found = jsma_saliency_search(
+                g_class.reshape(rows.numel(), n), g_others.reshape(rows.numel(), n), domain[rows], targeted=targeted
+            )
+            running[rows[~found]] = False
+            rows, p, q = rows[found], p[found], q[found]
+            for pix in (p, q):
+                adv[rows, pix] = (adv[rows, pix] + theta).clamp(lo, hi)
+                domain[rows, pix] = False
+            iterations[rows] += 1
+        adversarial = adv.reshape(x.shape)
+        return JSMAResult(adversarial, adversarial - x, success, iterations)
+    finally:
+        model.train(was_training)
 
 
 def svt(x: Tensor, tau: Union[float, Tensor]) -> Tensor:

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "pgsl/jsma.h"
 #include "pgsl/macros.h"
 #include "pgsl/pixel_unshuffle.h"
 #include "pgsl/svd_jacobi.h"
@@ -35,6 +36,12 @@ cudaError_t launch_pixel_unshuffle_concat(ScalarKind kind, const UnshuffleParams
 cudaError_t launch_pixel_unshuffle_concat_backward(ScalarKind kind, const UnshuffleParams& p,
                                                    const void* grad_out, const void* saliency,
                                                    void* grad_x, void* grad_s, cudaStream_t stream);
+
+// workspace: 3 * p.batch * p.n elements of the input dtype (float32 or float64).
+cudaError_t launch_jsma_saliency_search(ScalarKind kind, const JsmaSearchParams& p,
+                                        const void* grad_class, const void* grad_others,
+                                        const bool* domain, void* workspace, int64_t* p_out,
+                                        int64_t* q_out, bool* found, cudaStream_t stream);
 
 // Small-matrix SVT and RPCA, one matrix per thread (pgsl/svd_jacobi.h and
 // pgsl/rpca.h with L = 1). `workspace` holds small_*_workspace(g) elements of

@@ -1,12 +1,15 @@
 // Unit tests of the host-device math headers under csrc/include/pgsl/: the
 // arithmetic the CPU and CUDA kernels share. Plain C++, no torch.
 //   test_math_headers [group...]   (no group: all of them)
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <random>
 #include <limits>
 #include <vector>
 
 #include "check.h"
+#include "pgsl/jsma.h"
 #include "pgsl/pixel_unshuffle.h"
 #include "pgsl/rpca.h"
 #include "pgsl/soft_threshold.h"
@@ -207,6 +210,126 @@ void block_reduce_tests() {
   EXPECT_EQ((pgsl::block_reduce<double, double>(strided.data(), 8, 2, 2, BlockReduce::Mean)), 4.0);
 }
 
+// ---------------------------------------------------------------------------- jsma
+
+// jsma_pair: validity is "both oriented sums > 0 and a finite score"; the score is
+// su * sv in T, equal to the spec's -a * b.
+template <typename T>
+void jsma_pair_cases() {
+  T score;
+  EXPECT(pgsl::jsma_pair<T>(T(1), T(2), T(3), T(4), score));
+  EXPECT_EQ(score, T(4) * T(6));
+  EXPECT(!pgsl::jsma_pair<T>(T(1), T(2), T(-1), T(4), score));  // su == 0: not > 0
+  EXPECT(!pgsl::jsma_pair<T>(T(1), T(-2), T(3), T(1), score));  // sv < 0
+  EXPECT(!pgsl::jsma_pair<T>(kNaN<T>, T(2), T(3), T(4), score));
+  EXPECT(!pgsl::jsma_pair<T>(T(1), kInf<T>, T(3), T(4), score));
+  EXPECT(!pgsl::jsma_pair<T>(-kInf<T>, -kInf<T>, T(3), T(4), score));  // outside the domain
+  const T big = std::numeric_limits<T>::max() / 2;
+  bool overflow = false;
+  EXPECT(!pgsl::jsma_pair_overflow<T>(big, big, big, big, score, overflow));
+  EXPECT(overflow);
+  EXPECT(!pgsl::jsma_pair_overflow<T>(T(1), T(-1), T(0), T(0), score, overflow));
+  EXPECT(!overflow);
+  // underflow: a valid pair scoring exactly +0
+  const T tiny = std::numeric_limits<T>::denorm_min();
+  EXPECT(pgsl::jsma_pair<T>(tiny, tiny, T(0), T(0), score));
+  EXPECT_EQ(score, T(0));
+  EXPECT_EQ(pgsl::jsma_masked_score<T>(T(1), T(-2), T(3), T(1)), -kInf<T>);
+  // the spec's form: a = gc_p + gc_q, b = go_p + go_q, score = -a * b, in both modes
+  std::mt19937 rng(3);
+  std::normal_distribution<T> normal;
+  for (int k = 0; k < 2000; ++k) {
+    const T gcp = normal(rng), gcq = normal(rng), gop = normal(rng), goq = normal(rng);
+    for (bool targeted : {true, false}) {
+      T up, vp, uq, vq;
+      pgsl::jsma_orient<T>(gcp, gop, true, targeted, up, vp);
+      pgsl::jsma_orient<T>(gcq, goq, true, targeted, uq, vq);
+      const T a = gcp + gcq, b = gop + goq;
+      const bool valid = targeted ? (a > 0 && b < 0) : (a < 0 && b > 0);
+      EXPECT_EQ(pgsl::jsma_pair<T>(up, vp, uq, vq, score), valid);
+      if (valid) EXPECT_EQ(score, -a * b);
+    }
+  }
+}
+
+void jsma_pair_tests() {
+  jsma_pair_cases<float>();
+  jsma_pair_cases<double>();
+}
+
+// jsma_orient: signs per mode; NaN/Inf and features outside the domain become (-inf, -inf).
+void jsma_orient_tests() {
+  float u, v;
+  pgsl::jsma_orient<float>(2.0f, 3.0f, true, true, u, v);
+  EXPECT_EQ(u, 2.0f);
+  EXPECT_EQ(v, -3.0f);
+  pgsl::jsma_orient<float>(2.0f, 3.0f, true, false, u, v);
+  EXPECT_EQ(u, -2.0f);
+  EXPECT_EQ(v, 3.0f);
+  for (const float bad : {kNaN<float>, kInf<float>, -kInf<float>}) {
+    pgsl::jsma_orient<float>(bad, 1.0f, true, true, u, v);
+    EXPECT(u == -kInf<float> && v == -kInf<float>);
+    pgsl::jsma_orient<float>(1.0f, bad, true, false, u, v);
+    EXPECT(u == -kInf<float> && v == -kInf<float>);
+  }
+  pgsl::jsma_orient<float>(1.0f, 1.0f, false, true, u, v);
+  EXPECT(u == -kInf<float> && v == -kInf<float>);
+}
+
+// jsma_bound(p) >= the score of every valid pair (p, q) when U >= u[q] and V >= v[q], and
+// -inf exactly when no pair containing p can be valid.
+void jsma_bound_tests() {
+  std::mt19937 rng(7);
+  std::cauchy_distribution<float> heavy;
+  for (int row = 0; row < 200; ++row) {
+    std::vector<float> u(40), v(40);
+    for (size_t k = 0; k < u.size(); ++k) {
+      u[k] = heavy(rng);
+      v[k] = heavy(rng);
+    }
+    const float U = *std::max_element(u.begin(), u.end());
+    const float V = *std::max_element(v.begin(), v.end());
+    for (size_t p = 0; p < u.size(); ++p) {
+      const float bound = pgsl::jsma_bound<float>(u[p], v[p], U, V);
+      bool any = false;
+      for (size_t q = 0; q < u.size(); ++q) {
+        float score;
+        if (q != p && pgsl::jsma_pair<float>(u[p], v[p], u[q], v[q], score)) {
+          EXPECT(bound >= score);
+          any = true;
+        }
+      }
+      if (any) EXPECT(bound > -kInf<float>);
+    }
+  }
+}
+
+// The tie rule and the dominance order.
+void jsma_order_tests() {
+  using pgsl::jsma_better;
+  EXPECT(jsma_better<float>(2.0f, 9, 1.0f, 0));
+  EXPECT(!jsma_better<float>(1.0f, 0, 2.0f, 9));
+  EXPECT(jsma_better<float>(2.0f, 3, 2.0f, 4));   // same score: the smaller key
+  EXPECT(!jsma_better<float>(2.0f, 4, 2.0f, 3));
+  EXPECT(!jsma_better<float>(2.0f, 4, 2.0f, 4));  // strict
+  EXPECT(jsma_better<float>(0.0f, 5, -kInf<float>, pgsl::kJsmaNoKey));  // anything beats "none"
+  EXPECT(!jsma_better<float>(-kInf<float>, pgsl::kJsmaNoKey, -kInf<float>, pgsl::kJsmaNoKey));
+  EXPECT_EQ(pgsl::jsma_key(3, 7, 10), int64_t{37});
+  EXPECT_EQ(pgsl::jsma_key(7, 3, 10), int64_t{37});
+  const int64_t n = int64_t{3} * 224 * 224;
+  EXPECT_EQ(pgsl::jsma_key(n - 2, n - 1, n), (n - 2) * n + (n - 1));  // past 32 bits
+  using pgsl::jsma_dominates;
+  EXPECT(jsma_dominates<float>(2, 2, 5, 1, 1, 0));
+  EXPECT(jsma_dominates<float>(2, 1, 5, 1, 1, 0));
+  EXPECT(!jsma_dominates<float>(2, 0, 5, 1, 1, 0));
+  EXPECT(jsma_dominates<float>(1, 1, 0, 1, 1, 5));   // duplicates: the smaller index first
+  EXPECT(!jsma_dominates<float>(1, 1, 5, 1, 1, 0));
+  EXPECT(!jsma_dominates<float>(1, 1, 3, 1, 1, 3));  // irreflexive
+  EXPECT(pgsl::jsma_worth_visiting<float>(2.0f, true, 2.0f));  // a tie may still win on its key
+  EXPECT(!pgsl::jsma_worth_visiting<float>(std::nextafter(2.0f, 0.0f), true, 2.0f));
+  EXPECT(!pgsl::jsma_worth_visiting<float>(-kInf<float>, false, 0.0f));
+}
+
 // unshuffle_run scatters a run of f inputs to f outputs channel_stride apart; shuffle_run
 // gathers them back.
 void run_tests() {
@@ -393,6 +516,10 @@ int main(int argc, char** argv) {
       {"block_mean", block_mean_tests},
       {"block_reduce", block_reduce_tests},
       {"unshuffle_runs", run_tests},
+      {"jsma_pair", jsma_pair_tests},
+      {"jsma_orient", jsma_orient_tests},
+      {"jsma_bound", jsma_bound_tests},
+      {"jsma_order", jsma_order_tests},
       {"jacobi_rotation", jacobi_rotation_tests},
       {"svt_scalars", svt_scalars_tests},
       {"svt_group", svt_group_tests},

@@ -40,6 +40,16 @@ Tensor pixel_unshuffle_concat(const Tensor& x, const Tensor& saliency, int64_t f
   return handle.call(x, saliency, factor, reduce);
 }
 
+std::tuple<Tensor, Tensor, Tensor> jsma_saliency_search(const Tensor& grad_class,
+                                                        const Tensor& grad_others,
+                                                        const Tensor& domain, bool targeted) {
+  static const auto handle =
+      op("pgsl_ext::jsma_saliency_search")
+          .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                    bool)>();
+  return handle.call(grad_class, grad_others, domain, targeted);
+}
+
 std::tuple<Tensor, Tensor> pixel_unshuffle_concat_backward(const Tensor& grad_out,
                                                            const Tensor& saliency, int64_t channels,
                                                            int64_t factor, c10::string_view reduce) {
@@ -71,7 +81,8 @@ const char* const kLayouts[] = {"contiguous", "transposed", "sliced"};
 
 void registration_tests() {
   for (const char* name : {"pgsl_ext::soft_threshold", "pgsl_ext::pixel_unshuffle_concat",
-                           "pgsl_ext::pixel_unshuffle_concat_backward"}) {
+                           "pgsl_ext::pixel_unshuffle_concat_backward",
+                           "pgsl_ext::jsma_saliency_search"}) {
     const auto handle = c10::Dispatcher::singleton().findSchema({name, ""});
     EXPECT(handle.has_value());
     if (!handle) continue;
@@ -249,6 +260,40 @@ void error_tests() {
 
 // The CUDA kernels against the CPU kernels (the same shared math). Skipped, visibly, without a
 // GPU; PGSL_REQUIRE_CUDA=1 makes that a failure, as in the Python tests.
+// ---------------------------------------------------------------------------- jsma_saliency_search
+
+// Hand-checked rows through the dispatcher (the Python tests compare against brute force).
+void jsma_saliency_search_tests() {
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  // targeted: pairs among features 1, 3, 4 tie at a = 4, b = -4; (1, 3) has the smallest key.
+  const Tensor gc = at::tensor({5.0, 2.0, -1.0, 2.0, 2.0, 0.0}, f64).reshape({1, 6});
+  const Tensor go = at::tensor({3.0, -2.0, 1.0, -2.0, -2.0, 0.0}, f64).reshape({1, 6});
+  Tensor domain = at::ones({1, 6}, at::kBool);
+  auto [p, q, found] = jsma_saliency_search(gc, go, domain, true);
+  EXPECT_EQ(p.item<int64_t>(), int64_t{1});
+  EXPECT_EQ(q.item<int64_t>(), int64_t{3});
+  EXPECT(found.item<bool>());
+  // PGSL's non-targeted conditions (a < 0, b > 0): (2, 5), with a = -1, b = 1, is the only
+  // valid pair of these gradients.
+  std::tie(p, q, found) = jsma_saliency_search(gc, go, domain, false);
+  EXPECT(found.item<bool>());
+  EXPECT_EQ(p.item<int64_t>(), int64_t{2});
+  EXPECT_EQ(q.item<int64_t>(), int64_t{5});
+  // an empty domain: no pair, p = q = -1
+  std::tie(p, q, found) = jsma_saliency_search(gc, go, at::zeros({1, 6}, at::kBool), true);
+  EXPECT(!found.item<bool>());
+  EXPECT_EQ(p.item<int64_t>(), int64_t{-1});
+  EXPECT_EQ(q.item<int64_t>(), int64_t{-1});
+  // a float mask is an error naming `domain`
+  bool threw = false;
+  try {
+    jsma_saliency_search(gc, go, domain.to(at::kFloat), true);
+  } catch (const c10::Error& e) {
+    threw = std::string(e.what()).find("`domain` to be a bool tensor") != std::string::npos;
+  }
+  EXPECT(threw);
+}
+
 void cuda_tests() {
   const char* require = std::getenv("PGSL_REQUIRE_CUDA");
 #ifdef PGSL_WITH_CUDA
@@ -288,6 +333,17 @@ void cuda_tests() {
   expect_error_naming(
       "saliency on another device", [&] { pixel_unshuffle_concat(x, saliency_on_cpu, 2, "max"); },
       "saliency");
+  // jsma_saliency_search: the CUDA kernel picks the CPU kernel's pairs, bit for bit.
+  for (auto dtype : {at::kFloat, at::kDouble}) {
+    const Tensor gc = at::randn({64, 300}).to(dtype), go = at::randn({64, 300}).to(dtype);
+    const Tensor domain = at::rand({64, 300}) < 0.9;
+    for (bool targeted : {true, false}) {
+      const auto [p, q, found] = jsma_saliency_search(gc, go, domain, targeted);
+      const auto [pc, qc, fc] = jsma_saliency_search(gc.to(at::kCUDA), go.to(at::kCUDA),
+                                                     domain.to(at::kCUDA), targeted);
+      EXPECT(at::equal(pc.cpu(), p) && at::equal(qc.cpu(), q) && at::equal(fc.cpu(), found));
+    }
+  }
 }
 
 }  // namespace
@@ -298,6 +354,7 @@ int main(int argc, char** argv) {
       {"soft_threshold", soft_threshold_tests},
       {"pixel_unshuffle_concat", pixel_unshuffle_concat_tests},
       {"pixel_unshuffle_concat_backward", pixel_unshuffle_concat_backward_tests},
+      {"jsma_saliency_search", jsma_saliency_search_tests},
       {"errors", error_tests},
       {"cuda", cuda_tests},
   };

