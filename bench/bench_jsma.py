@@ -382,13 +382,12 @@ def render(accuracy, attack_rows, notes, search_rows, big) -> str:
 
 
 def write_section(path: Path, section: str, heading: str = "## jsma") -> None:
-    """Replace the section that starts with the line `heading` (or append it)."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(heading + "\n")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + text[end + 1 :] if end >= 0 else text[:start]
-    path.write_text(text.rstrip("\n") + "\n\n" + section)
+    """Replace this benchmark's section of the results file (or add it), in the marked-section
+    format that ``bench/table.py`` keeps when it rewrites the file."""
+    from bench.table import update_results  # noqa: E402 (bench/ is importable from the repo root)
+
+    key = "jsma-cuda" if "CUDA" in heading else "jsma"
+    update_results(path, {key: f"<!-- bench:{key} -->\n{section.rstrip()}\n<!-- /bench:{key} -->\n"})
 
 
 def bench_cuda(model, x, y, device="cuda") -> str:

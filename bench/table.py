@@ -40,6 +40,10 @@ MAX_TIME = 0.3
 WARMUP_ITERATIONS = 20
 
 OPS = ("soft_threshold", "pixel_unshuffle_concat")
+# The bandwidth-bound ops tabulated here; svt / rpca (bench/compute_table.py) and JSMA
+# (bench/bench_jsma.py) have tables of their own, written into the same results file.
+BANDWIDTH_FILES = ("bench/test_bench_soft_threshold.py", "bench/test_bench_pixel_unshuffle_concat.py")
+SUITES = ("bandwidth", "svt", "jsma")
 PROVIDER_ORDER = {
     "soft_threshold": ("pgsl_ext", "torch_composition", "F.softshrink", *COPY_PROVIDERS),
     "pixel_unshuffle_concat": ("pgsl_ext", "reference", "torch_two_pass", *COPY_PROVIDERS),
@@ -123,7 +127,7 @@ def wait_for_idle_cpu(timeout: float, threshold: float = 0.95, quiet_seconds: in
 def run_suite(json_path: Path, threads: Optional[int], pytest_args: Sequence[str]) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable, "-m", "pytest", "bench", "-q", "-p", "no:cacheprovider",
+        sys.executable, "-m", "pytest", *BANDWIDTH_FILES, "-q", "-p", "no:cacheprovider",
         f"--benchmark-json={json_path}",
         f"--benchmark-min-rounds={MIN_ROUNDS}",
         f"--benchmark-max-time={MAX_TIME}",
@@ -421,14 +425,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f"the Markdown file to update (default: {DEFAULT_RESULTS.relative_to(REPO_ROOT)}); "
                              "plots are written next to it")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--suite", choices=SUITES, action="append",
+                        help="run only this part (repeatable; default: all of them)")
     parser.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                         help="first wait up to SECONDS for the CPUs to be idle for 5 s (shared machines)")
     args = parser.parse_args(argv)
 
+    suites = args.suite or list(SUITES)
     if args.json is None:
         json_path = DEFAULT_JSON
         if args.wait_idle > 0 and not wait_for_idle_cpu(args.wait_idle):
             print(f"bench.table: the CPUs were not idle within {args.wait_idle:g} s; running anyway", flush=True)
+        if "svt" in suites:
+            from bench import compute_table
+
+            compute_table.run(compute_table.DEFAULT_JSON)
+            if not args.no_write:
+                update_results(args.results, compute_table.sections(compute_table.DEFAULT_JSON))
+        if "jsma" in suites:
+            cmd = [sys.executable, "bench/bench_jsma.py", *([] if args.no_write else ["--write", str(args.results)])]
+            print("+", shlex.join(cmd), flush=True)
+            if subprocess.run(cmd, cwd=REPO_ROOT).returncode != 0:
+                sys.exit("bench.table: bench/bench_jsma.py failed; its section left unchanged")
+        if "bandwidth" not in suites:
+            return 0
         run_suite(json_path, args.threads, pytest_args)
         source = f"written by `{command}`"
     else:
