@@ -200,10 +200,11 @@ def test_rpca(benchmark, gemm_flops_per_s, device, case, provider):
     else:
         fn = lambda: reference.rpca(x, mu=0.55, max_iter=iters)  # noqa: E731
         rounds = 1
-        if rank is None:  # same algorithm: the first matrices agree (float32 rounding apart)
-            check = reference.rpca(x[:8], mu=0.55, max_iter=max_iter)
-            err = (ours.low_rank[:8] - check.low_rank).norm() / check.low_rank.norm()
-            assert err < 1e-3, f"rpca differs from the reference by {err:.1e}"
+        if rank is None:  # same algorithm: against float64, at most twice the plain loop's error
+            exact = reference.rpca(x[:8].double(), mu=0.55, max_iter=max_iter).low_rank
+            plain = reference.rpca(x[:8], mu=0.55, max_iter=max_iter).low_rank
+            err, plain_err = ((r.double() - exact).norm() / exact.norm() for r in (ours.low_rank[:8], plain))
+            assert err <= 2 * plain_err + 1e-5, f"rpca error {err:.1e} vs the plain loop's {plain_err:.1e}"
     benchmark.group = f"rpca {name} {device}"
     benchmark.extra_info.update(
         op="rpca", shape=name, device=device, provider=provider,

@@ -155,33 +155,46 @@ PGSL_HOST_DEVICE void multiply_right(T* A, const T* V, int64_t M, int64_t N, T* 
   }
 }
 
-// After the sweeps: sigma_k = |a_k|, f_k = shrink factor; scales the columns of
-// A by f_k (so A becomes U diag(max(sigma - tau, 0))) and returns per lane the
-// number of singular values above tau in `kept` (may be null).
+// After the sweeps: sigma_k = |a_k| and the shrink of each column. Per lane,
+// either the direct form, A diag(f) V^T with f = max(sigma - tau, 0) / sigma,
+// or, when more than half the singular values survive, the residual form
+// X - A diag(g) V^T with g = min(sigma, tau) / sigma (residual[l] = true):
+// rounding in the rotations then only touches the part that is removed, which
+// is small, instead of the whole matrix. Scales the columns of A by f or g and
+// returns per lane the number of singular values above tau in `kept` (may be
+// null). N <= kJacobiMaxN.
 template <typename T, int L>
-PGSL_HOST_DEVICE void shrink_columns(T* A, int64_t M, int64_t N, const T* tau, T* sigma, int* kept) {
-  if (kept != nullptr)
-    PGSL_SIMD
-    for (int l = 0; l < L; ++l) kept[l] = 0;
+PGSL_HOST_DEVICE void shrink_columns(T* A, int64_t M, int64_t N, const T* tau, int* kept, bool* residual) {
+  T sigma[kJacobiMaxN * L];
+  int count[L];
+  for (int l = 0; l < L; ++l) count[l] = 0;
   for (int64_t c = 0; c < N; ++c) {
-    T* a = A + c * M * L;
+    const T* a = A + c * M * L;
     T norm2[L];
     PGSL_SIMD
     for (int l = 0; l < L; ++l) norm2[l] = T(0);
     for (int64_t r = 0; r < M; ++r)
       PGSL_SIMD
       for (int l = 0; l < L; ++l) norm2[l] += a[r * L + l] * a[r * L + l];
-    T f[L];
-    PGSL_SIMD
     for (int l = 0; l < L; ++l) {
-      const T sig = std::sqrt(norm2[l]);
-      if (sigma != nullptr) sigma[c * L + l] = sig;
-      f[l] = svt_shrink_factor<T>(sig, tau[l]);
-      if (kept != nullptr && sig > tau[l]) ++kept[l];
+      sigma[c * L + l] = std::sqrt(norm2[l]);
+      count[l] += sigma[c * L + l] > tau[l] ? 1 : 0;
+    }
+  }
+  for (int l = 0; l < L; ++l) {
+    residual[l] = 2 * count[l] > N;
+    if (kept != nullptr) kept[l] = count[l];
+  }
+  for (int64_t c = 0; c < N; ++c) {
+    T* a = A + c * M * L;
+    T g[L];
+    for (int l = 0; l < L; ++l) {
+      const T sig = sigma[c * L + l];
+      g[l] = residual[l] ? (sig > tau[l] ? tau[l] / sig : T(1)) : svt_shrink_factor<T>(sig, tau[l]);
     }
     for (int64_t r = 0; r < M; ++r)
       PGSL_SIMD
-      for (int l = 0; l < L; ++l) a[r * L + l] *= f[l];
+      for (int l = 0; l < L; ++l) a[r * L + l] *= g[l];
   }
 }
 
@@ -256,9 +269,11 @@ PGSL_HOST_DEVICE int svt_group(int64_t M, int64_t N, Load&& load, Store&& store,
     for (int l = 0; l < L; ++l) A[k * L + l] = finite[l] ? A[k * L + l] * scale[l] : T(0);
   set_identity<T, L>(V, N);
   const int sweeps = jacobi_sweeps<T, L>(A, V, M, N, max_sweeps);
-  shrink_columns<T, L>(A, M, N, tau, nullptr, kept);
+  bool residual[L];
+  shrink_columns<T, L>(A, M, N, tau, kept, residual);
   reconstruct<T, L>(A, V, M, N, [&](int l, int64_t r, int64_t c, T v) {
-    store(l, r, c, finite[l] ? v / scale[l] : std::numeric_limits<T>::quiet_NaN());
+    const T part = v / scale[l];
+    store(l, r, c, !finite[l] ? std::numeric_limits<T>::quiet_NaN() : residual[l] ? load(l, r, c) - part : part);
   });
   return sweeps;
 }
