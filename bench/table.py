@@ -371,13 +371,14 @@ def update_results(path: Path, sections: Dict[str, str]) -> None:
 
 def plot_speedups(rows: List[dict], device: str, path: Path) -> Path:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     dev_rows = [r for r in rows if r["device"] == device]
     ops = [op for op in OPS if any(r["op"] == op for r in dev_rows)]
-    fig, axes = plt.subplots(1, len(ops), figsize=(6.5 * len(ops), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(ops), figsize=(6.5 * len(ops), 5.0), squeeze=False)
     for ax, op in zip(axes[0], ops):
         op_rows = [r for r in dev_rows if r["op"] == op]
         shapes = [s for s in map(shape_id, SHAPES) if any(r["shape"] == s for r in op_rows)]
@@ -398,10 +399,13 @@ def plot_speedups(rows: List[dict], device: str, path: Path) -> Path:
                             ha="left", va="bottom", fontsize=7, color="grey")
         ax.axhline(1.0, color="black", lw=0.8)
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(range(len(shapes)), shapes)
         ax.set_title(f"{op} ({device})")
         ax.set_ylabel("speed-up of pgsl_ext (provider time / pgsl_ext time)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, ncol=len(providers), loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
