@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/TensorIterator.h>
 #include <c10/util/Exception.h>
 
 #include <string>
@@ -43,27 +44,46 @@ inline void check_tau_scalar(double tau, const char* op) {
   TORCH_CHECK_VALUE(tau >= 0.0, op, ": expected `tau` >= 0 (and not NaN), but got ", tau);
 }
 
-// Validates a tensor tau against x and returns it in x's dtype (not expanded:
-// the caller's iterator broadcasts it). A tau tensor must broadcast *to* x.
-inline at::Tensor check_tau_tensor(const at::Tensor& x, const at::Tensor& tau, const char* op) {
+// Whether a tensor of shape `from` broadcasts *to* `to` (never expanding `to`).
+inline bool broadcasts_to(at::IntArrayRef from, at::IntArrayRef to) {
+  if (from.size() > to.size()) return false;
+  for (size_t d = 1; d <= from.size(); ++d)
+    if (from[from.size() - d] != 1 && from[from.size() - d] != to[to.size() - d]) return false;
+  return true;
+}
+
+// A tensor tau: floating point, on x's device, no negative or NaN entry. The
+// check is one small reduction (a device sync on CUDA); tau holds one value
+// per matrix at most, so it is cheap next to the op itself.
+inline void check_tau_entries(const at::Tensor& x, const at::Tensor& tau, const char* op) {
   TORCH_CHECK_TYPE(at::isFloatingType(tau.scalar_type()), op,
                    ": expected `tau` to be a floating-point tensor, but got ", tau.scalar_type());
   check_same_device(x, "x", tau, "tau", op);
-  bool broadcastable = tau.dim() <= x.dim();
-  for (int64_t d = 1; broadcastable && d <= tau.dim(); ++d) {
-    const int64_t t = tau.size(-d), s = x.size(-d);
-    broadcastable = (t == 1 || t == s);
-  }
-  TORCH_CHECK_VALUE(broadcastable, op, ": expected `tau` to broadcast to the shape of `x` ",
-                    x.sizes(), ", but got shape ", tau.sizes());
-  // One small reduction (a device sync on CUDA); tau holds one value per
-  // matrix at most, so this is cheap next to the op itself.
   if (tau.numel() > 0) {
     const bool bad = at::logical_not(tau.ge(0)).any().item<bool>();
     TORCH_CHECK_VALUE(!bad, op, ": expected every entry of `tau` >= 0 (and not NaN), but got min ",
                       tau.min().item<double>());
   }
+}
+
+// Validates a tensor tau against x and returns it in x's dtype (not expanded:
+// the caller's iterator broadcasts it). A tau tensor must broadcast *to* x.
+inline at::Tensor check_tau_tensor(const at::Tensor& x, const at::Tensor& tau, const char* op) {
+  TORCH_CHECK_VALUE(broadcasts_to(tau.sizes(), x.sizes()), op,
+                    ": expected `tau` to broadcast to the shape of `x` ", x.sizes(),
+                    ", but got shape ", tau.sizes());
+  check_tau_entries(x, tau, op);
   return tau.scalar_type() == x.scalar_type() ? tau : tau.to(x.scalar_type());
+}
+
+// soft_threshold's elementwise geometry, shared by the CPU loop and the CUDA
+// launcher: out (allocated like x), x and, for the tensor overload, tau.
+inline at::TensorIterator soft_threshold_iterator(const at::Tensor& out, const at::Tensor& x,
+                                                  const at::Tensor* tau) {
+  at::TensorIteratorConfig config;
+  config.set_check_mem_overlap(true).add_output(out).add_const_input(x);
+  if (tau != nullptr) config.add_const_input(*tau);
+  return config.resize_outputs(false).check_all_same_dtype(true).build();
 }
 
 inline BlockReduce parse_reduce(c10::string_view reduce, const char* op) {

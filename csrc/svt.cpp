@@ -24,20 +24,11 @@ at::Tensor tau_per_matrix(const at::Tensor& x, double tau, const char* op) {
 }
 
 at::Tensor tau_per_matrix(const at::Tensor& x, const at::Tensor& tau, const char* op) {
-  TORCH_CHECK_TYPE(at::isFloatingType(tau.scalar_type()), op,
-                   ": expected `tau` to be a floating-point tensor, but got ", tau.scalar_type());
-  check_same_device(x, "x", tau, "tau", op);
   const auto batch_shape = x.sizes().slice(0, x.dim() - 2);
-  bool broadcastable = tau.dim() <= static_cast<int64_t>(batch_shape.size());
-  for (int64_t d = 1; broadcastable && d <= tau.dim(); ++d)
-    broadcastable = tau.size(-d) == 1 || tau.size(-d) == batch_shape[batch_shape.size() - d];
-  TORCH_CHECK_VALUE(broadcastable, op, ": expected `tau` of shape x.shape[:-2] = ", batch_shape,
+  TORCH_CHECK_VALUE(broadcasts_to(tau.sizes(), batch_shape), op,
+                    ": expected `tau` of shape x.shape[:-2] = ", batch_shape,
                     " (one threshold per matrix), but got shape ", tau.sizes());
-  if (tau.numel() > 0) {
-    const bool bad = at::logical_not(tau.ge(0)).any().item<bool>();
-    TORCH_CHECK_VALUE(!bad, op, ": expected every entry of `tau` >= 0 (and not NaN), but got min ",
-                      tau.min().item<double>());
-  }
+  check_tau_entries(x, tau, op);
   return tau.to(x.scalar_type()).expand(batch_shape).reshape({-1}).contiguous();
 }
 

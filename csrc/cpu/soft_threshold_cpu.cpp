@@ -71,18 +71,11 @@ void run(at::TensorIterator& iter, at::opmath_type<T> tau_scalar, bool tau_is_te
   iter.for_each(loop);
 }
 
-at::TensorIterator make_iterator(const at::Tensor& out, const at::Tensor& x, const at::Tensor* tau) {
-  at::TensorIteratorConfig config;
-  config.set_check_mem_overlap(true).add_output(out).add_const_input(x);
-  if (tau != nullptr) config.add_const_input(*tau);
-  return config.resize_outputs(false).check_all_same_dtype(true).build();
-}
-
 at::Tensor soft_threshold_cpu(const at::Tensor& x, double tau) {
   check_float_tensor(x, kOp, "x");
   check_tau_scalar(tau, kOp);
   at::Tensor out = at::empty_like(x);
-  auto iter = make_iterator(out, x, nullptr);
+  auto iter = soft_threshold_iterator(out, x, nullptr);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "soft_threshold_cpu",
                                   [&] { run<scalar_t>(iter, static_cast<at::opmath_type<scalar_t>>(tau), false); });
   return out;
@@ -92,7 +85,7 @@ at::Tensor soft_threshold_tensor_cpu(const at::Tensor& x, const at::Tensor& tau)
   check_float_tensor(x, kOp, "x");
   const at::Tensor tau_cast = check_tau_tensor(x, tau, kOp);
   at::Tensor out = at::empty_like(x);
-  auto iter = make_iterator(out, x, &tau_cast);
+  auto iter = soft_threshold_iterator(out, x, &tau_cast);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "soft_threshold_cpu",
                                   [&] { run<scalar_t>(iter, 0, true); });
   return out;

@@ -17,10 +17,7 @@ constexpr const char* kOp = "pgsl_ext.soft_threshold";
 
 at::Tensor run(const at::Tensor& x, const at::Tensor* tau, double tau_value) {
   at::Tensor out = at::empty_like(x);
-  at::TensorIteratorConfig config;
-  config.set_check_mem_overlap(true).add_output(out).add_const_input(x);
-  if (tau != nullptr) config.add_const_input(*tau);
-  auto iter = config.resize_outputs(false).check_all_same_dtype(true).build();
+  auto iter = soft_threshold_iterator(out, x, tau);
   if (iter.ndim() > kMaxDims) {  // rare: more than 8 non-coalescable dims
     return run(x.contiguous(), tau, tau_value).view_as(x).clone(at::MemoryFormat::Preserve);
   }
