@@ -11,24 +11,42 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// The work items of both kernels: first one per f-element run of an input row
+// (b, c, h, wo), then one per f x f saliency block (b, ho, wo).
+template <typename Index>
+struct UnshuffleGrid {
+  Index f, C, H, W, Ho, Wo, OC, plane, runs, total;
+  __device__ explicit UnshuffleGrid(const UnshuffleParams& p)
+      : f(p.factor), C(p.channels), H(p.height), W(p.width), Ho(p.height / p.factor),
+        Wo(p.width / p.factor), OC(C * f * f + 1), plane(Ho * Wo),
+        runs(Index(p.batch) * C * H * Wo), total(runs + Index(p.batch) * Ho * Wo) {}
+  __device__ void run(Index k, Index& b, Index& c, Index& h, Index& wo) const {
+    wo = k % Wo, h = (k / Wo) % H, c = (k / (Wo * H)) % C, b = k / (Wo * H * C);
+  }
+  __device__ void block(Index k, Index& b, Index& ho, Index& wo) const {
+    const Index q = k - runs;
+    wo = q % Wo, ho = (q / Wo) % Ho, b = q / (Wo * Ho);
+  }
+};
+
 template <typename T, typename Index>
 __global__ void unshuffle_forward(UnshuffleParams p, const T* __restrict__ x,
                                   const T* __restrict__ s, T* __restrict__ out) {
   using Acc = opmath_t<T>;
-  const Index f = p.factor, C = p.channels, H = p.height;
-  const Index Ho = p.height / p.factor, Wo = p.width / p.factor;
-  const Index OC = C * f * f + 1, plane = Ho * Wo;
-  const Index runs = Index(p.batch) * C * H * Wo, blocks = Index(p.batch) * Ho * Wo;
+  const UnshuffleGrid<Index> g(p);
+  const Index f = g.f, Wo = g.Wo, OC = g.OC, plane = g.plane;
   const Index step = Index(gridDim.x) * blockDim.x;
-  for (Index k = Index(blockIdx.x) * blockDim.x + threadIdx.x; k < runs + blocks; k += step) {
-    if (k < runs) {
-      const Index wo = k % Wo, h = (k / Wo) % H, c = (k / (Wo * H)) % C, b = k / (Wo * H * C);
+  for (Index k = Index(blockIdx.x) * blockDim.x + threadIdx.x; k < g.total; k += step) {
+    if (k < g.runs) {
+      Index b, c, h, wo;
+      g.run(k, b, c, h, wo);
       const T* run = x + b * p.x_stride[0] + c * p.x_stride[1] + h * p.x_stride[2] +
                      wo * f * p.x_stride[3];
       T* dst = out + (b * OC + unshuffle_channel(c, h % f, 0, f)) * plane + (h / f) * Wo + wo;
       unshuffle_run<T>(run, p.x_stride[3], dst, plane, f);
     } else {
-      const Index q = k - runs, wo = q % Wo, ho = (q / Wo) % Ho, b = q / (Wo * Ho);
+      Index b, ho, wo;
+      g.block(k, b, ho, wo);
       const T* block = s + b * p.s_stride[0] + ho * f * p.s_stride[1] + wo * f * p.s_stride[2];
       out[(b * OC + OC - 1) * plane + ho * Wo + wo] =
           block_reduce<T, Acc>(block, p.s_stride[1], p.s_stride[2], f, p.reduce);
@@ -42,27 +60,27 @@ __global__ void unshuffle_backward(UnshuffleParams p, const T* __restrict__ grad
                                    const T* __restrict__ s, T* __restrict__ grad_x,
                                    T* __restrict__ grad_s) {
   using Acc = opmath_t<T>;
-  const Index f = p.factor, C = p.channels, H = p.height, W = p.width;
-  const Index Ho = p.height / p.factor, Wo = p.width / p.factor;
-  const Index OC = C * f * f + 1, plane = Ho * Wo;
-  const Index runs = Index(p.batch) * C * H * Wo, blocks = Index(p.batch) * Ho * Wo;
+  const UnshuffleGrid<Index> g(p);
+  const Index f = g.f, H = g.H, W = g.W, Wo = g.Wo, OC = g.OC, plane = g.plane;
   const Index step = Index(gridDim.x) * blockDim.x;
-  for (Index k = Index(blockIdx.x) * blockDim.x + threadIdx.x; k < runs + blocks; k += step) {
-    if (k < runs) {
-      const Index wo = k % Wo, h = (k / Wo) % H, c = (k / (Wo * H)) % C, b = k / (Wo * H * C);
+  for (Index k = Index(blockIdx.x) * blockDim.x + threadIdx.x; k < g.total; k += step) {
+    if (k < g.runs) {
+      Index b, c, h, wo;
+      g.run(k, b, c, h, wo);
       const T* src = grad + (b * OC + unshuffle_channel(c, h % f, 0, f)) * plane + (h / f) * Wo + wo;
       shuffle_run<T>(src, plane, grad_x + k * f, 1, f);  // k * f == ((b*C + c)*H + h)*W + wo*f
     } else {
-      const Index q = k - runs, wo = q % Wo, ho = (q / Wo) % Ho, b = q / (Wo * Ho);
-      const T g = grad[(b * OC + OC - 1) * plane + ho * Wo + wo];
+      Index b, ho, wo;
+      g.block(k, b, ho, wo);
+      const T gv = grad[(b * OC + OC - 1) * plane + ho * Wo + wo];
       T* block = grad_s + (b * H + ho * f) * W + wo * f;
       if (p.reduce == BlockReduce::Max) {
         const T* sblock = s + b * p.s_stride[0] + ho * f * p.s_stride[1] + wo * f * p.s_stride[2];
         const Index arg = block_argmax<T, Acc>(sblock, p.s_stride[1], p.s_stride[2], f);
         for (Index i = 0; i < f; ++i)
-          for (Index j = 0; j < f; ++j) block[i * W + j] = (i * f + j == arg) ? g : T(0.0f);
+          for (Index j = 0; j < f; ++j) block[i * W + j] = (i * f + j == arg) ? gv : T(0.0f);
       } else {
-        const T share = static_cast<T>(static_cast<Acc>(g) / static_cast<Acc>(f * f));
+        const T share = static_cast<T>(static_cast<Acc>(gv) / static_cast<Acc>(f * f));
         for (Index i = 0; i < f; ++i)
           for (Index j = 0; j < f; ++j) block[i * W + j] = share;
       }
