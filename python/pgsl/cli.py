@@ -8,7 +8,9 @@ option or file, and exit code 2 (1 for a failure during the run); never a traceb
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
+import signal
 import sys
 from typing import List, Optional, Sequence
 
@@ -109,6 +111,8 @@ def _train(args) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack (diagnosing a stuck rank)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     parser = _Parser(prog="pgsl", description="PGSL split learning: train, and evaluate privacy and robustness.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
