@@ -131,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
-        return args.run(args)
+        return args.run_command(args)
     except (DataError, TrainError, ValueError) as e:
         if os.environ.get("PGSL_DEBUG"):
             raise
