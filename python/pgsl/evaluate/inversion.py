@@ -49,6 +49,13 @@ split; PSNR against the clean images; the mean auxiliary image scores 11.6-11.9 
   8.3 dB after 20 rounds, DLG 8.7 dB for one image after 60 L-BFGS iterations); their results
   should be read as "not recovered at this budget", not as a privacy property of a defence.
 
+Cost (process CPU seconds, all threads, measured on a 2-core machine shared by several jobs, so
+wall times were 3-7x these): decoder 10 epochs on 200 auxiliary images 22-27 s; white box 100
+steps on 8-16 images 15-20 s; UnSplit 20 rounds on 4 / 16 images 28 / 54 s; DLG about 1 s per
+L-BFGS function evaluation for one image (none), 2 s for two images (pgsl). The defaults are
+sized from these to about 10 minutes of wall time for all four attacks on one mnist5k run of an
+idle 2-core CPU (estimated, not measured idle); :data:`FULL_SETTINGS` is the full protocol.
+
 Simplifications, stated in each result's ``how``: the DLG gradients are those of one step with
 both halves in eval mode (no dropout mask or batch statistics the attacker would have to guess),
 and for ``--defense noise`` the server's gradient is taken at the noisy activations it received,
@@ -376,7 +383,7 @@ class DLGSettings:
     variation (+ ``map_l1`` x |map| for pgsl)."""
 
     batch_size: int = 2
-    batches: int = 2
+    batches: int = 1
     iterations: int = 60
     lr: float = 1.0
     tv: float = 1e-3
