@@ -1,0 +1,1 @@
+"""Evaluation of trained runs (placeholder; the lead writes this module)."""
