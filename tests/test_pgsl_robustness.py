@@ -12,18 +12,20 @@ from pgsl.evaluate.robustness import ATTACKS, RunModel, craft, evaluate_robustne
 from pgsl.train import TrainConfig, restore, train
 
 
-def _tiny_run(root, defense: str):
+def _tiny_run(root, defense: str, **kwargs):
     out = str(root / defense)
-    # A small batch gives BatchNorm's running statistics enough updates for the eval-mode model
-    # to be clearly better than chance after one short epoch.
-    train(TrainConfig(defense=defense, train_subset=256, eval_subset=100, epochs=1, batch_size=16, rpca_iters=20, out=out, progress=False))
+    train(TrainConfig(defense=defense, epochs=1, batch_size=16, out=out, progress=False, **kwargs))
     return restore(out)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("robustness")
-    return {"none": _tiny_run(root, "none"), "pgsl": _tiny_run(root, "pgsl")}
+    # The undefended run must beat chance clearly (FGSM test); the pgsl run only has to exist.
+    return {
+        "none": _tiny_run(root, "none", train_subset=256, eval_subset=100),
+        "pgsl": _tiny_run(root, "pgsl", train_subset=64, eval_subset=20, rpca_iters=5, surrogate_epochs=1),
+    }
 
 
 def _images(run, n):
@@ -58,8 +60,8 @@ def test_bpda_gradients_are_finite_and_nonzero_through_pgsl(runs):
         assert grad.abs().sum() > 0, output
     # the recovered stream sees the image only through rpca: BPDA is what gives it a gradient
     x = images.x.clone().requires_grad_(True)
-    with pytest.raises(RuntimeError):
-        run.logits(x)["recovered"].sum().backward()
+    (grad,) = torch.autograd.grad(run.logits(x)["recovered"].sum(), x, allow_unused=True)
+    assert grad is None
 
 
 def test_fgsm_at_a_large_eps_lowers_the_undefended_accuracy(runs):
@@ -72,8 +74,8 @@ def test_fgsm_at_a_large_eps_lowers_the_undefended_accuracy(runs):
     assert (adv - images.x).abs().max() <= 0.3 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
     with torch.no_grad():
         attacked = float((model(adv).argmax(1) == images.y).double().mean())
-    assert clean > 0.3, "the tiny undefended run should be clearly better than chance"
-    assert attacked < clean - 0.2
+    assert clean > 0.25, "the tiny undefended run should be clearly better than chance"
+    assert attacked < clean / 2
     assert all(p.grad is None for p in model.parameters()), "crafting must leave no parameter gradients"
 
 
@@ -88,11 +90,12 @@ def test_evaluate_robustness_report(runs):
     }
     report = evaluate_robustness(runs, undefended=runs["none"], images=images, settings=settings, progress=False)
     json.dumps(report)
-    assert report["images"] == 8 and report["attacks"] == list(ATTACKS)
-    assert report["settings"]["bim"] == {"eps": 0.2, "alpha": 0.1, "steps": 2}
-    assert report["settings"]["cw"]["kappa"] == 0.0  # defaults kept where not overridden
-    assert set(report["how"]) == {*ATTACKS, "pipeline"}
-    for name, entry in report["runs"].items():
+    assert report["images"] == 8 and list(report["attacks"]) == list(ATTACKS) and report["batch_size"] == 8
+    assert report["attacks"]["bim"]["settings"] == {"eps": 0.2, "alpha": 0.1, "steps": 2}
+    assert report["attacks"]["cw"]["settings"]["kappa"] == 0.0  # defaults kept where not overridden
+    assert all(report["attacks"][a]["how"] for a in ATTACKS) and report["notes"]
+    assert set(report["results"]) == set(runs)
+    for name, entry in report["results"].items():
         keys = {*runs[name].streams, "fused"}
         assert set(entry["clean"]) == keys
         for attack in ATTACKS:
@@ -101,24 +104,25 @@ def test_evaluate_robustness_report(runs):
                 assert set(result["accuracy"]) == keys
                 assert all(0 <= a <= 1 for a in result["accuracy"].values())
                 assert 0 <= result["source_accuracy"] <= 1
-    fgsm = report["runs"]["none"]["attacks"]["fgsm"]
+    fgsm = report["results"]["none"]["attacks"]["fgsm"]
     assert fgsm["adaptive"]["accuracy"] == fgsm["transfer"]["accuracy"]  # the same model
-    assert report["runs"]["pgsl"]["attacks"]["fgsm"]["transfer"]["source_accuracy"] == fgsm["transfer"]["accuracy"]["fused"]
+    assert report["results"]["pgsl"]["attacks"]["fgsm"]["transfer"]["source_accuracy"] == fgsm["transfer"]["accuracy"]["fused"]
     assert fgsm["transfer"]["perturbation"]["linf_mean"] == pytest.approx(0.2, abs=1e-5)
 
 
 def test_sweep_mu_table_and_argmin(runs):
     run = runs["pgsl"]
-    result = sweep_mu(run, _images(run, 3), progress=False, max_iter=15)
+    result = sweep_mu(run, _images(run, 5), progress=False, max_iter=15, max_images=3)
     json.dumps(result)
+    assert result["num_images"] == 3
     assert result["mus"] == pytest.approx([0.05 * k for k in range(1, 21)]) and len(DEFAULT_MUS) == 20
-    for setting in ("image", "activation"):
-        rows = result[setting]["rows"]
-        assert [r["mu"] for r in rows] == result["mus"]
-        best = min(rows, key=lambda r: r["mse"])
-        assert result[setting]["argmin_mu"] == best["mu"] and result[setting]["min_mse"] == best["mse"]
-        assert all(r["mse"] >= 0 and 0 < r["mean_iterations"] <= 15 for r in rows)
-    assert result["activation"]["matrices_per_image"] == 64 and result["image"]["matrix_shape"] == [28, 28]
+    for setting in ("images", "activations"):
+        table = result[setting]
+        assert table["mu"] == result["mus"] and len(table["mse"]) == 20
+        best = min(range(20), key=lambda i: table["mse"][i])
+        assert table["best_mu"] == table["mu"][best] and table["best_mse"] == min(table["mse"])
+        assert all(m >= 0 for m in table["mse"]) and all(0 < i <= 15 for i in table["mean_iterations"])
+    assert result["activations"]["matrices_per_image"] == 64 and result["images"]["matrix_shape"] == [28, 28]
 
 
 def test_bad_arguments_name_the_argument(runs):
@@ -156,5 +160,7 @@ def test_bad_arguments_name_the_argument(runs):
         sweep_mu(pgsl, images, mus=[])
     with pytest.raises(ValueError, match="`mus`"):
         sweep_mu(pgsl, images, mus=[0.5, -1])
+    with pytest.raises(ValueError, match="`max_images`"):
+        sweep_mu(pgsl, images, max_images=0)
     with pytest.raises(ValueError, match="`max_iter`"):
         sweep_mu(pgsl, images, max_iter=0)

@@ -47,7 +47,7 @@ def _mse(a: Tensor, b: Tensor) -> float:
 def _sweep(attacked: Tensor, clean: Tensor, mus: Sequence[float], max_iter: int, tol: float, bar, batch: int) -> dict:
     """rpca of every ``(m, n)`` matrix of ``attacked (N, C, m, n)`` per mu, MSE of its low-rank part
     against ``clean``."""
-    rows = []
+    table = {"mu": [], "mse": [], "mean_iterations": [], "converged_fraction": [], "seconds": [], "cpu_seconds": []}
     for mu in mus:
         start, cpu = time.perf_counter(), time.process_time()
         sq_error, iterations, converged = 0.0, 0.0, 0.0
@@ -58,21 +58,21 @@ def _sweep(attacked: Tensor, clean: Tensor, mus: Sequence[float], max_iter: int,
             converged += float(result.converged.double().sum())
             bar.update(len(a))
         matrices = attacked.shape[0] * attacked.shape[1]
-        rows.append(
-            {
-                "mu": mu,
-                "mse": sq_error / attacked.numel(),
-                "mean_iterations": iterations / matrices,
-                "converged_fraction": converged / matrices,
-                "seconds": time.perf_counter() - start,
-                "cpu_seconds": time.process_time() - cpu,
-            }
-        )
-    best = min(rows, key=lambda r: r["mse"])
+        row = {
+            "mu": mu,
+            "mse": sq_error / attacked.numel(),
+            "mean_iterations": iterations / matrices,
+            "converged_fraction": converged / matrices,
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu,
+        }
+        for key, value in row.items():
+            table[key].append(value)
+    best = min(range(len(mus)), key=lambda i: table["mse"][i])
     return {
-        "rows": rows,
-        "argmin_mu": best["mu"],
-        "min_mse": best["mse"],
+        **table,
+        "best_mu": table["mu"][best],
+        "best_mse": table["mse"][best],
         "mse_attacked": _mse(attacked, clean),
         "matrix_shape": list(attacked.shape[-2:]),
         "matrices_per_image": attacked.shape[1],
@@ -88,6 +88,7 @@ def sweep_mu(
     max_iter: int = DEFAULT_SWEEP_ITERS,
     tol: float = DEFAULT_SWEEP_TOL,
     batch_size: int = 50,
+    max_images: Optional[int] = DEFAULT_SWEEP_IMAGES,
 ) -> dict:
     """MSE(rpca low-rank part, clean) against ``mu`` on the run's JSMA-attacked ``images``, on
     whole images and on the cut-layer activations (see the module docstring).
@@ -95,8 +96,8 @@ def sweep_mu(
     Args:
         run: a restored ``--defense pgsl`` run (its client's surrogate attacks the images and
             its client net gives the activations).
-        images: the images (x in [0, 1], ``(N, C, H, W)``); :data:`DEFAULT_SWEEP_IMAGES` fit the
-            time budget.
+        images: the images (x in [0, 1], ``(N, C, H, W)``); the first ``max_images`` are used
+            (None: all; the default :data:`DEFAULT_SWEEP_IMAGES` fits the time budget).
         mus: the values of mu (default 0.05, 0.10, ..., 1.00).
         max_iter, tol: rpca's iteration cap and tolerance per matrix (``pgsl_ext.ops.rpca``).
         batch_size: images per rpca call.
@@ -104,12 +105,15 @@ def sweep_mu(
     Returns:
         dict (JSON-serialisable)::
 
-            {"mus": [...], "images": N, "rpca": {"max_iter", "tol", "lam"}, "attack": text,
-             "image": {"rows": [{"mu", "mse", "mean_iterations", "converged_fraction", "seconds",
-                                 "cpu_seconds"}, ...],
-                       "argmin_mu", "min_mse", "mse_attacked" (MSE of the attacked input itself),
-                       "matrix_shape", "matrices_per_image", "how"},
-             "activation": {same keys},
+            {"mus": [...], "num_images": N, "rpca": {"max_iter", "tol", "lam"}, "attack": text,
+             "how": text,
+             "images": {"mu": [...], "mse": [...], "mean_iterations": [...],
+                        "converged_fraction": [...], "seconds": [...], "cpu_seconds": [...]
+                        (one entry per mu: the table's columns),
+                        "best_mu", "best_mse" (the minimising mu and its MSE),
+                        "mse_attacked" (MSE of the attacked input itself, no rpca),
+                        "matrix_shape", "matrices_per_image", "how"},
+             "activations": {the same keys},
              "seconds", "cpu_seconds"}
     """
     op = "sweep_mu"
@@ -135,6 +139,10 @@ def sweep_mu(
         raise ValueError(f"{op}: expected `tol` to be a number > 0, got {tol!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{op}: expected `batch_size` to be an integer >= 1, got {batch_size!r}")
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
+        raise ValueError(f"{op}: expected `max_images` to be an integer >= 1 or None, got {max_images!r}")
+    if max_images is not None:
+        x = x[:max_images]
     mus = [float(m) for m in mus]
 
     start, cpu = time.perf_counter(), time.process_time()
@@ -150,28 +158,34 @@ def sweep_mu(
     bar = tqdm(total=2 * n * len(mus), desc="mu sweep", unit="img", disable=not progress, dynamic_ncols=True)
     with bar:
         bar.set_postfix_str("images")
-        image = _sweep(x_adv, x, mus, max_iter, tol, bar, batch_size)
+        images_result = _sweep(x_adv, x, mus, max_iter, tol, bar, batch_size)
         bar.set_postfix_str("activations")
-        activation = _sweep(attacked_acts, clean_acts, mus, max_iter, tol, bar, batch_size)
-    image["how"] = (
+        activations_result = _sweep(attacked_acts, clean_acts, mus, max_iter, tol, bar, batch_size)
+    images_result["how"] = (
         "each JSMA-attacked image channel is one matrix; MSE between rpca's low-rank part and the clean image, "
         "over all pixels of all images (the paper's Figure 3 setting)"
     )
-    activation["how"] = (
+    activations_result["how"] = (
         "rpca of each cut-layer channel the client sends for the attacked image (client.net(pixel_unshuffle_concat("
         "x_adv, x_adv - x))); MSE of the low-rank part against the clean activations client.net("
         "pixel_unshuffle_concat(x, 0)) (the clean image with a zero perturbation map), over all channels and images"
     )
     return {
         "mus": mus,
-        "images": n,
+        "num_images": n,
         "rpca": {"max_iter": max_iter, "tol": tol, "lam": "1/sqrt(max(m, n))"},
         "attack": (
             f"the client's JSMA against its surrogate with the surrogate's predicted label (theta {run.cfg.jsma_theta}, "
             f"gamma {run.cfg.jsma_gamma}); mean L0 {float(((x_adv - x).abs() > 1e-6).flatten(1).sum(1).double().mean()):.1f} pixels"
         ),
-        "image": image,
-        "activation": activation,
+        "how": (
+            f"MSE(rpca low-rank part, clean) against mu on {n} JSMA-attacked test images (the client's own JSMA); "
+            f"rpca capped at {max_iter} iterations, tol {tol:g}; 'images': whole images (the paper's Figure 3), "
+            "'activations': the cut-layer channels the server receives, against the clean image's activations "
+            "(zero perturbation map)"
+        ),
+        "images": images_result,
+        "activations": activations_result,
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu,
     }

@@ -36,7 +36,7 @@ import pgsl_ext.attacks
 from ..data import Split
 from ..train import TrainedRun
 
-__all__ = ["ATTACKS", "DEFAULT_SETTINGS", "FULL_PROTOCOL", "DEFAULT_IMAGES", "RunModel", "craft", "evaluate_robustness"]
+__all__ = ["ATTACKS", "DEFAULT_SETTINGS", "FULL_SETTINGS", "DEFAULT_IMAGES", "RunModel", "craft", "evaluate_robustness"]
 
 ATTACKS = ("jsma", "cw", "bim", "fgsm")
 
@@ -53,7 +53,7 @@ DEFAULT_SETTINGS: Dict[str, dict] = {
 # The attacks as their authors ran them (CW: 1000 Adam steps at lr 0.01; BIM: Kurakin et al.'s
 # alpha = 1/255 with min(eps*255 + 4, 1.25 eps*255) steps); pass as ``settings`` with the whole
 # test set for the full protocol (hours on a CPU for pgsl's adaptive attacks).
-FULL_PROTOCOL: Dict[str, dict] = {
+FULL_SETTINGS: Dict[str, dict] = {
     "jsma": {"theta": 1.0, "gamma": 0.1},
     "cw": {"c": 1.0, "kappa": 0.0, "steps": 1000, "lr": 0.01},
     "bim": {"eps": 0.3, "alpha": 1 / 255, "steps": 80},
@@ -65,7 +65,8 @@ _HOW = {
     "jsma": "JSMA (Papernot et al. 2016; pgsl_ext.attacks.jsma), non-targeted against the true label: two pixels "
     "per iteration move by theta, at most gamma of the pixels; the jacobian is that of the attacked output",
     "cw": "Carlini-Wagner L2 (torchattacks.CW): Adam on tanh-space images for `steps` steps at `lr`, loss "
-    "||x'-x||^2 + c * max(z_y - max_{i!=y} z_i, -kappa) on the attacked output z, no binary search over c",
+    "||x'-x||^2 + c * max(z_y - max_{i!=y} z_i, -kappa) on the attacked output z (kappa: the confidence), "
+    "no binary search over c; keeps the closest misclassified iterate, else the clean image",
     "bim": "BIM (Kurakin et al. 2017; torchattacks.BIM): `steps` signed-gradient steps of `alpha` on the "
     "cross-entropy, projected to the L-inf ball of radius eps and to [0, 1]",
     "fgsm": "FGSM (Goodfellow et al. 2015; torchattacks.FGSM): one signed-gradient step of eps on the "
@@ -290,15 +291,16 @@ def evaluate_robustness(
             defaults fit a CPU with :data:`DEFAULT_IMAGES`.
         attacks: some of :data:`ATTACKS`.
         settings: overrides of :data:`DEFAULT_SETTINGS`, e.g. ``{"fgsm": {"eps": 0.1}}`` or
-            :data:`FULL_PROTOCOL`.
+            :data:`FULL_SETTINGS`.
         seed: seeds the global RNG and the runs' activation noise for the duration.
 
     Returns:
         dict (JSON-serialisable)::
 
-            {"images": N, "attacks": [...], "settings": {...}, "how": {attack: text, "pipeline": text},
-             "undefended": folder or None, "seed": seed, "seconds": wall, "cpu_seconds": cpu,
-             "runs": {name: {"folder", "defense", "streams": [...],
+            {"images": N, "undefended": folder or None, "seed": seed, "batch_size": B,
+             "attacks": {attack: {"how": text, "settings": {...}}}, "notes": [text, ...],
+             "seconds": wall, "cpu_seconds": cpu,
+             "results": {name: {"folder", "defense", "streams": [...],
                              "clean": {stream: acc, ..., "fused": acc},
                              "attacks": {attack: {setting: {"accuracy": {stream: acc, ..., "fused": acc},
                                                             "source_accuracy": acc of the model attacked,
@@ -322,20 +324,24 @@ def evaluate_robustness(
     bar = tqdm(total=steps * len(x), desc="accuracy under attack", unit="img", disable=not progress, dynamic_ncols=True)
     report = {
         "images": len(x),
-        "attacks": list(attacks),
-        "settings": cfg,
-        "how": {a: _HOW[a] for a in attacks},
         "undefended": undefended.folder if undefended is not None else None,
         "seed": seed,
-        "runs": {},
+        "batch_size": batch,
+        "attacks": {a: {"how": _HOW[a], "settings": cfg[a]} for a in attacks},
+        "notes": [],
+        "results": {},
     }
-    report["how"]["pipeline"] = (
+    report["notes"].append(
         "adversarial images are classified by each run's inference pipeline: for pgsl the client first applies its "
         "own JSMA against its surrogate with the surrogate's predicted label (it has no true label at inference), "
         "then the server runs rpca and three streams; 'fused' is the fusion-weighted softmax average (the decision). "
         "Adaptive attacks target the decision (log fused probabilities for pgsl) with the true labels; gradients pass "
         "the client's JSMA and rpca as the identity (BPDA). Transfer attacks are crafted against the undefended run's "
         "full model (client and server)."
+    )
+    report["notes"].append(
+        "Accuracies are fractions of the images; 'seconds' / 'cpu_seconds' per setting are the crafting time "
+        "(wall / process CPU, all threads), counted once for transfer images."
     )
     transfer_cache: Dict[str, tuple] = {}
     with torch.random.fork_rng(devices=[]), _noise_seeded(all_runs, seed), bar:
@@ -383,6 +389,6 @@ def evaluate_robustness(
                     }
                     bar.update(len(x))
                 entry["attacks"][attack] = results
-            report["runs"][name] = entry
+            report["results"][name] = entry
     report["seconds"], report["cpu_seconds"] = time.perf_counter() - wall, time.process_time() - cpu_start
     return report
