@@ -42,13 +42,8 @@ STREAMS = ("attacked", "fusion", "recovered")
 
 
 def conv_block(in_channels: int, out_channels: int = WIDTH) -> nn.Sequential:
-    """3x3 conv (same padding), ReLU, BatchNorm: the paper's layer.
-
-    BatchNorm keeps a cumulative average of the batch statistics (``momentum=None``): the
-    post-ReLU variances here are ~5e-3, and the default exponential average (momentum 0.1) still
-    carries ``0.9**steps`` of its initial variance 1 after a short run (x30 after 17 batches),
-    which made eval-mode predictions one class."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(out_channels, momentum=None))
+    """3x3 conv (same padding), ReLU, BatchNorm: the paper's layer."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(out_channels))
 
 
 class ClientNet(nn.Sequential):
