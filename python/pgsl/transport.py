@@ -104,14 +104,13 @@ class LocalLink(Link):
 class DistributedLink(Link):
     """torch.distributed point-to-point with bounded waits (see the module docstring)."""
 
-    def __init__(self, *, timeout: float, device: torch.device, poll_interval: float = 0.01, heartbeat_interval: float = 1.0):
+    def __init__(self, *, timeout: float, device: torch.device, heartbeat_interval: float = 1.0):
         if not dist.is_initialized():
             raise RuntimeError("DistributedLink needs torch.distributed initialised (see pgsl.transport.init_from_env)")
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.timeout = float(timeout)
         self.device = device
-        self.poll_interval = poll_interval
         self._store = _STORE
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, args=(heartbeat_interval,), daemon=True)
@@ -130,25 +129,33 @@ class DistributedLink(Link):
             self._stop.wait(interval)
 
     def _wait(self, work, peer: int, what: str) -> None:
+        """Wait for one send/receive while watching ``peer``'s heartbeat. gloo's work objects
+        report completion only from ``wait()``, so a helper thread waits and this one watches."""
+        done, failure = threading.Event(), []
+
+        def waiter():
+            try:
+                work.wait()
+            except Exception as e:  # a broken connection: the peer died
+                failure.append(e)
+            finally:
+                done.set()
+
+        threading.Thread(target=waiter, daemon=True).start()
         last_count, last_change = None, time.monotonic()
-        next_check = 0.0
-        while not work.is_completed():
+        while not done.wait(0.25):
             now = time.monotonic()
-            if now >= next_check:
-                next_check = now + 0.5
-                try:
-                    count = self._store.add(self._key(peer), 0)
-                except Exception as e:
-                    raise PeerError(f"lost the rendezvous store while waiting for {role(peer)} ({what}): {e}") from None
-                if count != last_count:
-                    last_count, last_change = count, now
-                elif now - last_change > self.timeout:
-                    raise PeerError(f"{role(peer)} stopped answering: no heartbeat for {self.timeout:g} s while waiting for {what}")
-            time.sleep(self.poll_interval)
-        try:
-            work.wait()
-        except Exception as e:
-            raise PeerError(f"{role(peer)} is gone ({what}): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            try:
+                count = self._store.add(self._key(peer), 0)
+            except Exception as e:
+                raise PeerError(f"lost the rendezvous store while waiting for {role(peer)} ({what}): {e}") from None
+            if count != last_count:
+                last_count, last_change = count, now
+            elif now - last_change > self.timeout:
+                raise PeerError(f"{role(peer)} stopped answering: no heartbeat for {self.timeout:g} s while waiting for {what}")
+        if failure:
+            reason = str(failure[0]).splitlines()[0] if str(failure[0]) else type(failure[0]).__name__
+            raise PeerError(f"{role(peer)} is gone ({what}): {reason}")
 
     # -- messages
     def send(self, dst: int, kind: str, tensors: Sequence[Tensor] = ()) -> None:
@@ -199,8 +206,15 @@ def init_from_env(*, timeout: float, backend: str) -> Tuple[int, int]:
         raise RuntimeError(f"--distributed under a launcher needs the environment variables {', '.join(missing)} (torchrun sets them)")
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     delta = datetime.timedelta(seconds=timeout)
-    _STORE = dist.TCPStore(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=rank == 0, timeout=delta
-    )
-    dist.init_process_group(backend, store=_STORE, rank=rank, world_size=world_size, timeout=delta)
+    address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    try:
+        _STORE = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=rank == 0, timeout=delta
+        )
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PeerError(f"rank {rank}: the {world_size} ranks did not all meet at {address} within {timeout:g} s ({first})") from None
+    # Point-to-point waits are bounded by the heartbeats, not by the process group's timeout
+    # (a peer may rightly be busy for longer, e.g. during another client's turn).
+    dist.init_process_group(backend, store=_STORE, rank=rank, world_size=world_size, timeout=datetime.timedelta(days=7))
     return rank, world_size
