@@ -89,6 +89,7 @@ def test_evaluate_robustness_report(runs):
         "batch_size": 8,
     }
     report = evaluate_robustness(runs, undefended=runs["none"], images=images, settings=settings, progress=False)
+    assert runs["pgsl"].server.cfg.rpca_iters == 5, "the crafting cap (adaptive_rpca_iters) is restored"
     json.dumps(report)
     assert report["images"] == 8 and list(report["attacks"]) == list(ATTACKS) and report["batch_size"] == 8
     assert report["attacks"]["bim"]["settings"] == {"eps": 0.2, "alpha": 0.1, "steps": 2}

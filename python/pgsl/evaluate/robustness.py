@@ -40,15 +40,21 @@ __all__ = ["ATTACKS", "DEFAULT_SETTINGS", "FULL_SETTINGS", "DEFAULT_IMAGES", "Ru
 
 ATTACKS = ("jsma", "cw", "bim", "fgsm")
 
-# Sized so that pgsl + none on DEFAULT_IMAGES test images take under 10 minutes on an idle
-# 2-core CPU. eps = 0.3 is the usual L-inf budget for MNIST (Madry et al. 2018).
-DEFAULT_IMAGES = 100
+# Sized for pgsl + none on DEFAULT_IMAGES test images in about 10 minutes on an idle 2-core CPU
+# (estimated: measured only on a heavily loaded one, see the report's seconds / cpu_seconds).
+# An adaptive pgsl step costs a whole pgsl forward pass (client JSMA, rpca, three streams), so
+# the step counts are small. eps = 0.3 is the usual L-inf budget for MNIST (Madry et al. 2018).
+DEFAULT_IMAGES = 50
 DEFAULT_SETTINGS: Dict[str, dict] = {
     "jsma": {"theta": 1.0, "gamma": 0.1},
-    "cw": {"c": 1.0, "kappa": 0.0, "steps": 30, "lr": 0.05},
+    "cw": {"c": 1.0, "kappa": 0.0, "steps": 20, "lr": 0.05},
     "bim": {"eps": 0.3, "alpha": 0.05, "steps": 10},
     "fgsm": {"eps": 0.3},
     "batch_size": 100,
+    # rpca's iteration cap in the forward passes of adaptive crafting (the attacker's own
+    # approximation: rpca is most of a pgsl forward pass); adversarial images are always
+    # classified with the run's own cap. None: the run's cap while crafting too.
+    "adaptive_rpca_iters": 20,
 }
 # The attacks as their authors ran them (CW: 1000 Adam steps at lr 0.01; BIM: Kurakin et al.'s
 # alpha = 1/255 with min(eps*255 + 4, 1.25 eps*255) steps); pass as ``settings`` with the whole
@@ -59,6 +65,7 @@ FULL_SETTINGS: Dict[str, dict] = {
     "bim": {"eps": 0.3, "alpha": 1 / 255, "steps": 80},
     "fgsm": {"eps": 0.3},
     "batch_size": 100,
+    "adaptive_rpca_iters": None,
 }
 
 _HOW = {
@@ -179,14 +186,19 @@ def _settings(settings: Optional[Mapping]) -> Dict[str, dict]:
     if not isinstance(settings, Mapping):
         raise TypeError(f"evaluate_robustness: expected `settings` to be a dict or None, got {type(settings).__name__}")
     for key, value in settings.items():
-        if key == "batch_size":
+        if key in ("batch_size", "adaptive_rpca_iters"):
+            if value is None and key == "adaptive_rpca_iters":
+                merged[key] = None
+                continue
             ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and _CHECKS["batch_size"](value)
             if not ok:
-                raise ValueError(f"evaluate_robustness: expected `settings['batch_size']` to be an integer >= 1, got {value!r}")
-            merged["batch_size"] = int(value)
+                raise ValueError(f"evaluate_robustness: expected `settings[{key!r}]` to be an integer >= 1, got {value!r}")
+            merged[key] = int(value)
             continue
         if key not in ATTACKS:
-            raise ValueError(f"evaluate_robustness: unknown key {key!r} in `settings` (expected {ATTACKS} or 'batch_size')")
+            raise ValueError(
+                f"evaluate_robustness: unknown key {key!r} in `settings` (expected {ATTACKS}, 'batch_size' or 'adaptive_rpca_iters')"
+            )
         if not isinstance(value, Mapping):
             raise TypeError(f"evaluate_robustness: expected `settings[{key!r}]` to be a dict, got {type(value).__name__}")
         for name, v in value.items():
@@ -244,6 +256,18 @@ def _perturbation(x_adv: Tensor, x: Tensor) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _rpca_cap(run: TrainedRun, iterations: Optional[int]) -> Iterator[None]:
+    """The run's server rpca capped at ``iterations`` (None: unchanged), restored on exit."""
+    saved = run.server.cfg.rpca_iters
+    if iterations is not None:
+        run.server.cfg.rpca_iters = min(saved, iterations)
+    try:
+        yield
+    finally:
+        run.server.cfg.rpca_iters = saved
+
+
 class _Timer:
     def __enter__(self):
         self.wall, self.cpu = time.perf_counter(), time.process_time()
@@ -298,6 +322,7 @@ def evaluate_robustness(
         dict (JSON-serialisable)::
 
             {"images": N, "undefended": folder or None, "seed": seed, "batch_size": B,
+             "adaptive_rpca_iters": cap or None,
              "attacks": {attack: {"how": text, "settings": {...}}}, "notes": [text, ...],
              "seconds": wall, "cpu_seconds": cpu,
              "results": {name: {"folder", "defense", "streams": [...],
@@ -327,6 +352,7 @@ def evaluate_robustness(
         "undefended": undefended.folder if undefended is not None else None,
         "seed": seed,
         "batch_size": batch,
+        "adaptive_rpca_iters": cfg["adaptive_rpca_iters"],
         "attacks": {a: {"how": _HOW[a], "settings": cfg[a]} for a in attacks},
         "notes": [],
         "results": {},
@@ -336,7 +362,7 @@ def evaluate_robustness(
         "own JSMA against its surrogate with the surrogate's predicted label (it has no true label at inference), "
         "then the server runs rpca and three streams; 'fused' is the fusion-weighted softmax average (the decision). "
         "Adaptive attacks target the decision (log fused probabilities for pgsl) with the true labels; gradients pass "
-        "the client's JSMA and rpca as the identity (BPDA). Transfer attacks are crafted against the undefended run's "
+        "the client's JSMA and rpca as the identity (BPDA), rpca capped at adaptive_rpca_iters in those forward passes. Transfer attacks are crafted against the undefended run's "
         "full model (client and server)."
     )
     report["notes"].append(
@@ -369,7 +395,7 @@ def evaluate_robustness(
                         continue
                     else:
                         model = RunModel(source, bpda=True)
-                        with _Timer() as t:
+                        with _Timer() as t, _rpca_cap(source, cfg["adaptive_rpca_iters"]):
                             x_adv = torch.cat(
                                 [craft(model, attack, xb, yb, cfg[attack]) for xb, yb in zip(x.split(batch), y.split(batch))]
                             )
