@@ -362,8 +362,8 @@ def evaluate_robustness(
         "own JSMA against its surrogate with the surrogate's predicted label (it has no true label at inference), "
         "then the server runs rpca and three streams; 'fused' is the fusion-weighted softmax average (the decision). "
         "Adaptive attacks target the decision (log fused probabilities for pgsl) with the true labels; gradients pass "
-        "the client's JSMA and rpca as the identity (BPDA), rpca capped at adaptive_rpca_iters in those forward passes. Transfer attacks are crafted against the undefended run's "
-        "full model (client and server)."
+        "the client's JSMA and rpca as the identity (BPDA), rpca capped at adaptive_rpca_iters in those forward "
+        "passes. Transfer attacks are crafted against the undefended run's full model (client and server)."
     )
     report["notes"].append(
         "Accuracies are fractions of the images; 'seconds' / 'cpu_seconds' per setting are the crafting time "
