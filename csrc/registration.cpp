@@ -23,5 +23,5 @@ TORCH_LIBRARY(pgsl_ext, m) {
       "Generator? generator=None) -> Tensor");
   m.def(
       "rpca(Tensor x, *, float? mu=0.55, float? lam=None, int max_iter=1000, float tol=1e-7, "
-      "int? rank=None) -> (Tensor low_rank, Tensor sparse, Tensor iterations, Tensor converged)");
+      "int? rank=None, Generator? generator=None) -> (Tensor low_rank, Tensor sparse, Tensor iterations, Tensor converged)");
 }

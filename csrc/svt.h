@@ -66,6 +66,7 @@ struct RpcaOptions {
   int64_t max_iter;
   double tol;                // already floored for the dtype
   std::optional<int64_t> rank;
+  std::optional<at::Generator> generator;  // for rank=k
 };
 
 // The fused small-matrix RPCA kernel of one device: x3 (B, m, n) any strides
@@ -77,7 +78,8 @@ using SmallRpcaKernel = void (*)(const at::Tensor& x3, const at::Tensor& mu0, co
                                  at::Tensor& converged);
 
 RpcaOptions rpca_options(const at::Tensor& x, std::optional<double> mu, std::optional<double> lam,
-                         int64_t max_iter, double tol, std::optional<int64_t> rank, const char* op);
+                         int64_t max_iter, double tol, std::optional<int64_t> rank,
+                         std::optional<at::Generator> generator, const char* op);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_forward(
     const at::Tensor& x, const RpcaOptions& options, SmallSvtKernel small_svt,
@@ -111,8 +113,9 @@ at::Tensor svt_tensor_op(const at::Tensor& x, const at::Tensor& tau, std::option
 template <SmallSvtKernel kSmallSvt, SmallRpcaKernel kSmallRpca>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_op(
     const at::Tensor& x, std::optional<double> mu, std::optional<double> lam, int64_t max_iter,
-    double tol, std::optional<int64_t> rank) {
-  const RpcaOptions o = rpca_options(x, mu, lam, max_iter, tol, rank, "pgsl_ext.rpca");
+    double tol, std::optional<int64_t> rank, std::optional<at::Generator> generator) {
+  const RpcaOptions o =
+      rpca_options(x, mu, lam, max_iter, tol, rank, std::move(generator), "pgsl_ext.rpca");
   return rpca_forward(x, o, kSmallSvt, kSmallRpca);
 }
 
