@@ -74,9 +74,9 @@ cudaError_t launch_small_svt(ScalarKind kind, const SmallBatchGeometry& g, const
   if (g.batch == 0) return cudaSuccess;
   return dispatch_real(kind, [&](auto tag) {
     using T = decltype(tag);
-    small_svt_kernel<T><<<blocks_for(g.batch, kThreads), kThreads, 0, stream>>>(
-        g, static_cast<const T*>(x), static_cast<const T*>(tau), static_cast<T*>(out), kept,
-        static_cast<T*>(workspace));
+    launch_kernel<small_svt_kernel<T>>(blocks_for(g.batch, kThreads), kThreads, 0, stream, g,
+                                       static_cast<const T*>(x), static_cast<const T*>(tau),
+                                       static_cast<T*>(out), kept, static_cast<T*>(workspace));
     return cudaGetLastError();
   });
 }
@@ -88,9 +88,10 @@ cudaError_t launch_small_rpca(ScalarKind kind, const SmallBatchGeometry& g, cons
   if (g.batch == 0) return cudaSuccess;
   return dispatch_real(kind, [&](auto tag) {
     using T = decltype(tag);
-    small_rpca_kernel<T><<<blocks_for(g.batch, kThreads), kThreads, 0, stream>>>(
-        g, static_cast<const T*>(x), static_cast<const T*>(mu0), options, static_cast<T*>(low_rank),
-        static_cast<T*>(sparse), iterations, converged, static_cast<T*>(workspace));
+    launch_kernel<small_rpca_kernel<T>>(
+        blocks_for(g.batch, kThreads), kThreads, 0, stream, g, static_cast<const T*>(x),
+        static_cast<const T*>(mu0), options, static_cast<T*>(low_rank), static_cast<T*>(sparse),
+        iterations, converged, static_cast<T*>(workspace));
     return cudaGetLastError();
   });
 }
