@@ -1,6 +1,6 @@
 // The scheduler behind pgsl_cuda_emulator.h: blocks one after another, the
-// threads of a block as fibers, barriers and warp collectives resolved when
-// every thread of the block is blocked.
+// threads of a block as fibers; a warp collective completes as soon as its lanes
+// have arrived, a barrier when every thread of the block waits at it.
 #include "pgsl_cuda_emulator.h"
 
 #include <sys/mman.h>
@@ -187,7 +187,7 @@ unsigned char* new_stack() {
   return static_cast<unsigned char*>(mem) + page;
 }
 
-// The thread order of one round (or the block order of a launch).
+// The order in which a launch runs its blocks.
 std::vector<unsigned> order_of(unsigned count, std::mt19937_64& rng) {
   std::vector<unsigned> order(count);
   std::iota(order.begin(), order.end(), 0u);
@@ -219,58 +219,61 @@ unsigned source_lane(const Fiber& f, unsigned lane) {
   }
 }
 
-// Completes the warp collectives whose lanes have all arrived; a collective
-// that can never complete is a fault. Returns whether any completed.
-bool resolve_collectives(unsigned threads) {
-  bool released = false;
-  for (unsigned t = 0; t < threads; ++t) {
-    Fiber& f = g_fibers[t];
-    if (f.state != State::AtCollective) continue;
-    const unsigned warp_base = t & ~31u, lane = t & 31u;
+std::string hex(unsigned mask) {
+  std::ostringstream out;
+  out << "0x" << std::hex << mask;
+  return out.str();
+}
+
+// Completes the warp collective thread t waits at if every lane its mask names
+// has arrived at it; returns whether it did. A lane that does not exist or has
+// exited can never arrive: a fault. With `stuck` (no thread can run any more),
+// a lane waiting anywhere else is a fault too.
+bool complete_collective(unsigned t, unsigned threads, bool stuck) {
+  Fiber& f = g_fibers[t];
+  const unsigned warp_base = t & ~31u;
+  for (unsigned k = 0; k < 32; ++k) {
+    if (!(f.mask >> k & 1u)) continue;
+    const unsigned other = warp_base + k;
+    if (other >= threads)
+      fault("mask " + hex(f.mask) + " of " + collective_name(f.kind) + " at " + describe(f.where) +
+                " names lane " + std::to_string(k) + ", which does not exist (the block has " +
+                std::to_string(threads) + " threads)",
+            &f);
+    const Fiber& g = g_fibers[other];
+    const bool same = g.state == State::AtCollective && same_site(g.where, f.where) &&
+                      g.kind == f.kind && g.mask == f.mask;
+    if (same) continue;
+    if (g.state == State::Done || stuck)
+      fault(std::string(collective_name(f.kind)) + " at " + describe(f.where) + " names lane " +
+                std::to_string(k) + " in its mask, but that thread " + describe(g.index) + " " +
+                where_is(g) +
+                (g.state == State::AtCollective && same_site(g.where, f.where) ? " with another mask" : ""),
+            &f);
+    return false;
+  }
+  // Every named lane has arrived: compute each lane's result, then release them.
+  if (f.kind == Collective::Ballot) {
+    std::uint64_t ballot = 0;
+    for (unsigned k = 0; k < 32; ++k)
+      if ((f.mask >> k & 1u) && g_fibers[warp_base + k].value) ballot |= 1ull << k;
+    for (unsigned k = 0; k < 32; ++k)
+      if (f.mask >> k & 1u) g_fibers[warp_base + k].result = ballot;
+  } else if (f.kind != Collective::SyncWarp) {
     for (unsigned k = 0; k < 32; ++k) {
       if (!(f.mask >> k & 1u)) continue;
-      const unsigned other = warp_base + k;
-      if (other >= threads)
-        fault("mask 0x" + ([&] { std::ostringstream o; o << std::hex << f.mask; return o.str(); })() +
-                  " of " + collective_name(f.kind) + " at " + describe(f.where) + " names lane " +
-                  std::to_string(k) + ", which does not exist (the block has " +
-                  std::to_string(threads) + " threads)",
-              &f);
-      const Fiber& g = g_fibers[other];
-      const bool same = g.state == State::AtCollective && same_site(g.where, f.where) &&
-                        g.kind == f.kind && g.mask == f.mask;
-      if (!same)
-        fault(std::string(collective_name(f.kind)) + " at " + describe(f.where) + " names lane " +
-                  std::to_string(k) + " in its mask, but that thread " + describe(g.index) + " " +
-                  where_is(g) +
-                  (g.state == State::AtCollective && same_site(g.where, f.where) ? " with another mask" : ""),
-              &f);
+      Fiber& reader = g_fibers[warp_base + k];
+      const unsigned src = source_lane(reader, k);
+      if (!(f.mask >> src & 1u))
+        fault(std::string(collective_name(f.kind)) + " at " + describe(f.where) + " reads lane " +
+                  std::to_string(src) + ", which is not in the mask (an inactive lane: undefined)",
+              &reader);
+      reader.result = g_fibers[warp_base + src].value;
     }
-    // Every named lane has arrived: compute each lane's result, then release them.
-    if (f.kind == Collective::Ballot) {
-      std::uint64_t ballot = 0;
-      for (unsigned k = 0; k < 32; ++k)
-        if ((f.mask >> k & 1u) && g_fibers[warp_base + k].value) ballot |= 1ull << k;
-      for (unsigned k = 0; k < 32; ++k)
-        if (f.mask >> k & 1u) g_fibers[warp_base + k].result = ballot;
-    } else if (f.kind != Collective::SyncWarp) {
-      for (unsigned k = 0; k < 32; ++k) {
-        if (!(f.mask >> k & 1u)) continue;
-        Fiber& reader = g_fibers[warp_base + k];
-        const unsigned src = source_lane(reader, k);
-        if (!(f.mask >> src & 1u))
-          fault(std::string(collective_name(f.kind)) + " at " + describe(f.where) + " reads lane " +
-                    std::to_string(src) + ", which is not in the mask (an inactive lane: undefined)",
-                &reader);
-        reader.result = g_fibers[warp_base + src].value;
-      }
-    }
-    for (unsigned k = 0; k < 32; ++k)
-      if (f.mask >> k & 1u) g_fibers[warp_base + k].state = State::Runnable;
-    (void)lane;
-    released = true;
   }
-  return released;
+  for (unsigned k = 0; k < 32; ++k)
+    if (f.mask >> k & 1u) g_fibers[warp_base + k].state = State::Runnable;
+  return true;
 }
 
 // Every thread is blocked at a barrier or done: release the barrier, or fault.
@@ -301,6 +304,27 @@ bool resolve_barrier(unsigned threads) {
   return true;
 }
 
+// The runnable thread to resume next: the lowest index (in order), the highest
+// (reversed) or a random one (shuffled); -1 if none. A warp whose collective
+// completes can thus run ahead of the others, as warps do on a GPU.
+int next_thread(unsigned threads, std::mt19937_64& rng) {
+  if (g_schedule.order == Order::InOrder) {
+    for (unsigned t = 0; t < threads; ++t)
+      if (g_fibers[t].state == State::Runnable) return int(t);
+    return -1;
+  }
+  if (g_schedule.order == Order::Reversed) {
+    for (unsigned t = threads; t-- > 0;)
+      if (g_fibers[t].state == State::Runnable) return int(t);
+    return -1;
+  }
+  int chosen = -1;
+  unsigned seen = 0;
+  for (unsigned t = 0; t < threads; ++t)
+    if (g_fibers[t].state == State::Runnable && rng() % ++seen == 0) chosen = int(t);
+  return chosen;
+}
+
 void run_block(unsigned threads, std::mt19937_64& rng) {
   while (g_fibers.size() < threads) {
     g_fibers.emplace_back();
@@ -324,9 +348,9 @@ void run_block(unsigned threads, std::mt19937_64& rng) {
   if (g_launch->dynamic_bytes > 0)
     poison(g_launch->dynamic_shared.get(), g_launch->dynamic_shared.get() + g_launch->dynamic_bytes);
   for (;;) {
-    for (unsigned t : order_of(threads, rng)) {
-      Fiber& f = g_fibers[t];
-      if (f.state != State::Runnable) continue;
+    const int next = next_thread(threads, rng);
+    if (next >= 0) {
+      Fiber& f = g_fibers[next];
       switch_to_fiber(f);
       if (f.state == State::Faulted) {
         try {
@@ -337,8 +361,12 @@ void run_block(unsigned threads, std::mt19937_64& rng) {
           fault(std::string("exception: ") + e.what(), &f);
         }
       }
+      if (f.state == State::AtCollective) complete_collective(unsigned(next), threads, false);
+      continue;
     }
-    if (resolve_collectives(threads)) continue;
+    // Nothing can run: a collective still waiting can never complete (this faults).
+    for (unsigned t = 0; t < threads; ++t)
+      if (g_fibers[t].state == State::AtCollective) complete_collective(t, threads, true);
     if (!resolve_barrier(threads)) break;
   }
 }

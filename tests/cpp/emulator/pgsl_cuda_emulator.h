@@ -9,10 +9,11 @@
 // What a launch does: every block of the grid (in the schedule's block order)
 // runs its threads as fibers (ucontext) on one OS thread. A thread runs until
 // it reaches __syncthreads, a warp collective (__shfl_*_sync, __ballot_sync,
-// __syncwarp) or its end; then the next thread of the round runs (in the
-// schedule's thread order). When every thread is blocked, warp collectives
-// whose named lanes have all arrived complete, and then a __syncthreads that
-// every thread of the block waits at releases them. Anything else is a fault
+// __syncwarp) or its end; then the schedule picks the next runnable thread
+// (the lowest index, the highest, or a random one). A warp collective completes
+// as soon as every lane it names has arrived, so one warp may run ahead of the
+// others, as on a GPU; a __syncthreads releases the block when every thread
+// waits at it. When no thread can run, anything still waiting is a fault
 // (KernelFault, naming the kernel, block and thread): a barrier some threads
 // reach while others exited or wait at another barrier; a collective whose
 // mask names a lane that does not exist, exited, waits elsewhere, or is read
@@ -80,8 +81,9 @@ namespace pgsl::emu {
 // ---------------------------------------------------------------------------- schedules
 enum class Order { InOrder, Reversed, Shuffled };
 
-// The order in which blocks run and in which a block's runnable threads resume in
-// each round. Shuffled draws a new permutation for every block and round from `seed`.
+// The order in which blocks run, and which runnable thread of a block resumes
+// next: in order (lowest index first), reversed (highest first), or shuffled (a
+// random pick at every step, from `seed`).
 struct Schedule {
   Order order = Order::InOrder;
   std::uint64_t seed = 0;

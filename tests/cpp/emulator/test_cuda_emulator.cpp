@@ -232,7 +232,7 @@ __global__ void shuffle_after_early_exit(int* out) {
 }
 
 __global__ void shuffle_mask_without_caller(int* out) {
-  out[threadIdx.x] = __shfl_down_sync(0x0000ffffu, int(threadIdx.x), 1);
+  out[threadIdx.x] = __shfl_sync(0x0000ffffu, int(threadIdx.x), 0);
 }
 
 __global__ void shuffle_reads_inactive_lane(int* out) {
@@ -249,6 +249,25 @@ __global__ void missing_barrier(const int* in, int* out) {
   __shared__ int staged[128];
   staged[threadIdx.x] = in[threadIdx.x];
   out[threadIdx.x] = staged[(threadIdx.x + 1) % blockDim.x];
+}
+
+// Two block reductions through the same shared slots. The bug: no barrier before the
+// second round's writes, so a warp that runs ahead overwrites a slot another warp has
+// not read yet (caught only because a warp can run ahead of the others).
+__global__ void slots_reused_without_barrier(const int* in, int* out) {
+  __shared__ int partial[4];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int v = in[threadIdx.x];
+  for (int round = 0; round < 2; ++round) {
+    int sum = v;
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+    if (lane == 0) partial[warp] = sum;
+    __syncthreads();
+    int total = 0;
+    for (int w = 0; w < 4; ++w) total += partial[w];
+    v = total + int(threadIdx.x);
+  }
+  out[threadIdx.x] = v;
 }
 
 void seeded_bug_tests() {
@@ -277,6 +296,13 @@ void seeded_bug_tests() {
   });
   std::printf("  caught: missing_barrier: %s\n", dependence.c_str());
   EXPECT(!dependence.empty());
+  const std::string reuse = emu::schedule_dependence([&] {
+    std::vector<int> result(128, -1);
+    launch_kernel<slots_reused_without_barrier>(1, 128, 0, nullptr, in.data(), result.data());
+    return result;
+  });
+  std::printf("  caught: slots_reused_without_barrier: %s\n", reuse.c_str());
+  EXPECT(!reuse.empty());
   // Every fault left the emulator usable.
   block_sum_tests();
 }
