@@ -92,7 +92,7 @@ EOF
 }
 step "benchmarks: bandwidth ops (CUDA)" "$VPY" -m bench.table --suite bandwidth -- -m cuda
 step "benchmarks: svt / rpca (CUDA)" bench_svt_cuda
-step "benchmarks: jsma (CUDA)" "$VPY" bench/bench_jsma.py --cuda-only --write bench/RESULTS.md
+step "benchmarks: jsma (CUDA)" env PYTHONPATH="$ROOT" "$VPY" bench/bench_jsma.py --cuda-only --write bench/RESULTS.md
 
 # ---------------------------------------------------------------------------- 5. the record
 total=$((SECONDS - START))
