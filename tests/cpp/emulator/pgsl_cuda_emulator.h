@@ -162,8 +162,8 @@ const char* kernel_name() {
 }
 
 // Kernel<<<grid, block, shared_bytes, stream>>>(args...): the arguments are
-// converted to the kernel's parameter types once, as CUDA copies them, and
-// every thread receives its own copy.
+// copied once at launch, as CUDA copies them, and every thread calls the kernel
+// with its own copies.
 template <auto Kernel, typename... Args>
 void launch(dim3 grid, dim3 block, std::size_t shared_bytes, cudaStream_t, Args&&... args) {
   using Params = decltype(std::tuple(std::forward<Args>(args)...));
