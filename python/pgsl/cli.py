@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import io
 import os
 import signal
 import sys
@@ -112,7 +113,10 @@ def _train(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack (diagnosing a stuck rank)
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        try:
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
+        except (io.UnsupportedOperation, ValueError):  # stderr is not a file (e.g. captured)
+            pass
     parser = _Parser(prog="pgsl", description="PGSL split learning: train, and evaluate privacy and robustness.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
@@ -131,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
-        return args.run(args)
+        return args.run_command(args)
     except (DataError, TrainError, ValueError) as e:
         if os.environ.get("PGSL_DEBUG"):
             raise

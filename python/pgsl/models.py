@@ -41,9 +41,23 @@ HIDDEN = 128
 STREAMS = ("attacked", "fusion", "recovered")
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose running statistics start as the plain average of the first batches
+    (momentum ``1 / (n + 1)`` for the n-th batch) and then follow torch's default moving average
+    (momentum 0.1). With the default from the first batch, the initial (mean 0, variance 1)
+    lingers for tens of steps; after a ReLU the true variance is far below 1, so a short run
+    evaluates with activations shrunk layer after layer (measured: 93% accuracy with batch
+    statistics, 17% with the running ones after 16 steps of plain split learning)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.track_running_stats:
+            self.momentum = max(0.1, 1.0 / (int(self.num_batches_tracked) + 1))
+        return super().forward(x)
+
+
 def conv_block(in_channels: int, out_channels: int = WIDTH) -> nn.Sequential:
     """3x3 conv (same padding), ReLU, BatchNorm: the paper's layer."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(out_channels))
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(), BatchNorm2d(out_channels))
 
 
 class ClientNet(nn.Sequential):

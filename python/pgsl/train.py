@@ -53,33 +53,36 @@ class TrainError(RuntimeError):
 
 @dataclass
 class TrainConfig:
+    """Every option of `pgsl train` (the CLI's flags, one for one). The defaults both halves
+    need are SplitConfig's; the rest are the run's."""
+
     data: str = "mnist5k"
     epochs: int = 2
-    batch_size: int = 128
-    mu: float = 0.55
-    defense: str = "pgsl"
+    batch_size: int = SplitConfig.batch_size
+    mu: float = SplitConfig.mu
+    defense: str = SplitConfig.defense
     clients: int = 1
     distributed: bool = False
-    device: str = "cpu"
-    seed: int = 0
+    device: str = SplitConfig.device
+    seed: int = SplitConfig.seed
     out: str = "runs/pgsl"
     resume: bool = False
-    lr: float = 1e-3
-    lr_decay: float = 3e-4
-    rpca_iters: int = 100
-    rpca_tol: float = 1e-7
-    rpca_grad: str = "detach"
-    fusion_weights: Tuple[float, ...] = (0.5, 0.3, 0.2)
-    jsma_gamma: float = 0.1
-    jsma_theta: float = 1.0
-    surrogate_epochs: int = 2
-    noise_scale: float = 1.0
-    nopeek_weight: float = 1.0
-    eval_batch_size: int = 500
+    lr: float = SplitConfig.lr
+    lr_decay: float = SplitConfig.lr_decay
+    rpca_iters: int = SplitConfig.rpca_iters
+    rpca_tol: float = SplitConfig.rpca_tol
+    rpca_grad: str = SplitConfig.rpca_grad
+    fusion_weights: Tuple[float, ...] = SplitConfig.fusion_weights
+    jsma_gamma: float = SplitConfig.jsma_gamma
+    jsma_theta: float = SplitConfig.jsma_theta
+    surrogate_epochs: int = SplitConfig.surrogate_epochs
+    noise_scale: float = SplitConfig.noise_scale
+    nopeek_weight: float = SplitConfig.nopeek_weight
+    eval_batch_size: int = SplitConfig.eval_batch_size
     train_subset: int = 0
     eval_subset: int = 0
     mias_size: int = 64
-    ops: str = "ext"
+    ops: str = SplitConfig.ops
     timeout: float = 120.0
     progress: bool = True
 

@@ -1,0 +1,117 @@
+"""The report's PNG figures (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+import pgsl_ext.ops  # noqa: E402
+
+COLUMNS = 8
+
+
+def reconstruction_grid(runs, targets, reconstructions: Dict[str, Dict[str, torch.Tensor]], path: str) -> str:
+    """Rows: the original, the image pgsl's client encoded (JSMA-attacked), rpca's recovery of it
+    (low-rank part of the whole image, the paper's Figure 3 setting), then every attack's
+    reconstruction under every run's defence. Columns: the first targets."""
+    n = min(COLUMNS, len(targets))
+    originals = targets.x[:n]
+    rows = [("original", originals)]
+    pgsl = next((r for r in runs.values() if r.cfg.defense == "pgsl"), None)
+    if pgsl is not None:
+        with torch.no_grad():
+            attacked = pgsl.client.attack(originals)
+        recovered = pgsl_ext.ops.rpca(attacked[:, 0], mu=pgsl.cfg.mu).low_rank.unsqueeze(1)
+        rows += [("pgsl: attacked (sent)", attacked), ("pgsl: rpca-recovered", recovered)]
+    for run_name, by_attack in reconstructions.items():
+        for attack, images in by_attack.items():
+            rows.append((f"{run_name}: {attack}", images[:n]))
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n + 1.6, 1.2 * len(rows)), squeeze=False)
+    for i, (label, images) in enumerate(rows):
+        for j in range(n):
+            ax = axes[i][j]
+            ax.imshow(images[j, 0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def mu_curve(sweep: dict, path: str) -> str:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, setting in enumerate(k for k in ("images", "activations") if k in sweep):
+        s = sweep[setting]
+        ax.plot(s["mu"], s["mse"], "o-", color=f"C{i}", label=f"{setting} (min at mu={s['best_mu']:.2f})")
+        ax.axvline(s["best_mu"], color=f"C{i}", ls=":")
+    ax.axvline(0.55, color="k", ls="--", lw=0.8, label="the paper's mu = 0.55")
+    ax.set_xlabel("mu")
+    ax.set_ylabel("MSE(rpca-recovered, clean)")
+    ax.set_yscale("log")
+    ax.set_title("rpca recovery of JSMA-attacked inputs")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def accuracy_bars(rob: dict, path: str) -> str:
+    """Grouped bars: one group per (attack, setting) plus clean; one bar per run x stream."""
+    results = rob.get("results", {})
+    series = [(run, stream) for run, r in results.items() for stream in r.get("clean", {})]
+    groups = [("clean", None)]
+    for r in results.values():
+        for attack, by_setting in r.get("attacks", {}).items():
+            for setting in by_setting:
+                if (attack, setting) not in groups:
+                    groups.append((attack, setting))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(groups) * max(1, len(series)) / 3), 4))
+    width = 0.8 / max(1, len(series))
+    for k, (run, stream) in enumerate(series):
+        values = []
+        for attack, setting in groups:
+            if attack == "clean":
+                values.append(results[run]["clean"].get(stream, float("nan")))
+            else:
+                acc = results[run].get("attacks", {}).get(attack, {}).get(setting, {}).get("accuracy", {}).get(stream)
+                values.append(float("nan") if acc is None else acc)
+        ax.bar([g + k * width for g in range(len(groups))], values, width, label=f"{run}: {stream}")
+    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+    ax.set_xticklabels([a if s is None else f"{a}\n{s}" for a, s in groups], fontsize=8)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("accuracy under attack")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def privacy_accuracy(report: dict, path: str) -> str:
+    """One point per run: clean accuracy against the best (strongest) attack's reconstruction PSNR."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, attacks in report["privacy"].items():
+        psnrs = [(r["metrics_vs_clean"]["psnr"], a) for a, r in attacks.items() if "metrics_vs_clean" in r]
+        if not psnrs:
+            continue
+        psnr, attack = max(psnrs)
+        acc = report["runs"][name]["test_accuracy"]
+        ax.scatter([acc], [psnr], s=50)
+        ax.annotate(f"{name} ({attack})", (acc, psnr), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("clean test accuracy")
+    ax.set_ylabel("reconstruction PSNR of the strongest attack (dB)\n(lower = more private)")
+    ax.set_title("privacy against accuracy")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
