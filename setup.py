@@ -118,6 +118,7 @@ def extension():
 
 if __name__ == "__main__":
     setup(
+        license="BSD-3-Clause",  # here, not in pyproject.toml: see the comment there
         ext_modules=[extension()],
         cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     )

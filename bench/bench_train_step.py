@@ -63,7 +63,7 @@ def step(client: Client, server: Server, index):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per provider (median)")
-    parser.add_argument("--rpca-iters", type=int, default=100, help="rpca iteration cap (the trainer's --rpca-iters)")
+    parser.add_argument("--rpca-iters", type=int, default=SplitConfig.rpca_iters, help="rpca iteration cap (default: the trainer's)")
     parser.add_argument("--write", type=Path, default=None, help="results file to update (e.g. bench/RESULTS.md)")
     args = parser.parse_args(argv)
 

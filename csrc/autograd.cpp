@@ -1,8 +1,9 @@
 // Autograd for the differentiable ops, registered at the Autograd key in C++:
 // a Python autograd kernel (torch.library.register_autograd) costs ~6 us per
 // call even when nothing requires grad, which is as much as the whole op on a
-// small tensor. The backward formulas are written with ATen ops, so they are
-// themselves differentiable (double backward of soft_threshold works).
+// small tensor. The backward formulas are written with ATen ops or with
+// pixel_unshuffle_concat_backward, whose own autograd is below, so double
+// backward works for both ops.
 #include <ATen/ATen.h>
 #include <ATen/ExpandUtils.h>
 #include <torch/autograd.h>
@@ -62,7 +63,7 @@ struct SoftThresholdTensor : torch::autograd::Function<SoftThresholdTensor> {
 };
 
 // The inverse permutation for x; the block's gradient to its first arg-max (or evenly, for
-// the mean) for saliency: the backward op, once differentiable.
+// the mean) for saliency: the backward op, differentiable in turn (below).
 struct PixelUnshuffleConcat : torch::autograd::Function<PixelUnshuffleConcat> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& saliency,
                             int64_t factor, c10::string_view reduce) {
@@ -90,6 +91,72 @@ struct PixelUnshuffleConcat : torch::autograd::Function<PixelUnshuffleConcat> {
   }
 };
 
+using UnshuffleBackwardOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                int64_t, int64_t, c10::string_view);
+
+at::Tensor unshuffle_jvp(const at::Tensor& tangent_x, const at::Tensor& tangent_s,
+                         const at::Tensor& saliency, int64_t channels, int64_t factor,
+                         c10::string_view reduce);
+
+// The backward op is linear in grad_out, so its derivative w.r.t. grad_out is the forward's
+// Jacobian (unshuffle_jvp). Its routing (the arg-max, or the mean) is piecewise constant in
+// saliency: no gradient flows there, as for max_pool2d's backward.
+struct PixelUnshuffleConcatBackward : torch::autograd::Function<PixelUnshuffleConcatBackward> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_out,
+                               const at::Tensor& saliency, int64_t channels, int64_t factor,
+                               c10::string_view reduce) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("pgsl_ext::pixel_unshuffle_concat_backward", "")
+                         .typed<UnshuffleBackwardOp>();
+    ctx->save_for_backward({saliency});
+    ctx->saved_data["channels"] = channels;
+    ctx->saved_data["factor"] = factor;
+    ctx->saved_data["reduce"] = std::string(reduce);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [grad_x, grad_s] = op.call(grad_out, saliency, channels, factor, reduce);
+    return {grad_x, grad_s};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor saliency = ctx->get_saved_variables()[0];
+    const at::Tensor grad_grad_out =
+        unshuffle_jvp(grads[0], grads[1], saliency, ctx->saved_data["channels"].toInt(),
+                      ctx->saved_data["factor"].toInt(), ctx->saved_data["reduce"].toStringRef());
+    return {grad_grad_out, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// The forward's Jacobian applied to (tangent_x, tangent_s), in differentiable ATen ops: the
+// unshuffle of tangent_x, and per block the sum of tangent_s weighted by the routing that the
+// backward op gives for a gradient of ones in the saliency channel (one-hot at the arg-max for
+// "max", 1/f^2 for "mean"). An undefined tangent counts as zeros.
+at::Tensor unshuffle_jvp(const at::Tensor& tangent_x, const at::Tensor& tangent_s,
+                         const at::Tensor& saliency, int64_t channels, int64_t factor,
+                         c10::string_view reduce) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pgsl_ext::pixel_unshuffle_concat_backward", "")
+                       .typed<UnshuffleBackwardOp>();
+  const int64_t b = saliency.size(0), h = saliency.size(2) / factor, w = saliency.size(3) / factor;
+  at::Tensor part_x = tangent_x.defined()
+                          ? tangent_x.reshape({b, channels, h, factor, w, factor})
+                                .permute({0, 1, 3, 5, 2, 4})
+                                .reshape({b, channels * factor * factor, h, w})
+                          : at::zeros({b, channels * factor * factor, h, w}, saliency.options());
+  at::Tensor part_s;
+  if (tangent_s.defined()) {
+    at::Tensor ones_in_saliency_channel = at::zeros({b, channels * factor * factor + 1, h, w}, saliency.options());
+    ones_in_saliency_channel.select(1, channels * factor * factor).fill_(1);
+    at::Tensor routing;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      routing = std::get<1>(op.call(ones_in_saliency_channel, saliency.detach(), channels, factor, reduce));
+    }
+    part_s = (tangent_s * routing).reshape({b, 1, h, factor, w, factor}).sum({3, 5});
+  } else {
+    part_s = at::zeros({b, 1, h, w}, saliency.options());
+  }
+  return at::cat({part_x, part_s}, 1);
+}
+
 at::Tensor soft_threshold_autograd(const at::Tensor& x, double tau) {
   return SoftThreshold::apply(x, tau);
 }
@@ -100,6 +167,12 @@ at::Tensor pixel_unshuffle_concat_autograd(const at::Tensor& x, const at::Tensor
                                            int64_t factor, c10::string_view reduce) {
   return PixelUnshuffleConcat::apply(x, saliency, factor, reduce);
 }
+std::tuple<at::Tensor, at::Tensor> pixel_unshuffle_concat_backward_autograd(
+    const at::Tensor& grad_out, const at::Tensor& saliency, int64_t channels, int64_t factor,
+    c10::string_view reduce) {
+  auto grads = PixelUnshuffleConcatBackward::apply(grad_out, saliency, channels, factor, reduce);
+  return {grads[0], grads[1]};
+}
 
 }  // namespace
 
@@ -107,6 +180,7 @@ TORCH_LIBRARY_IMPL(pgsl_ext, Autograd, m) {
   m.impl("soft_threshold", &soft_threshold_autograd);
   m.impl("soft_threshold.Tensor", &soft_threshold_tensor_autograd);
   m.impl("pixel_unshuffle_concat", &pixel_unshuffle_concat_autograd);
+  m.impl("pixel_unshuffle_concat_backward", &pixel_unshuffle_concat_backward_autograd);
 }
 
 }  // namespace pgsl

@@ -6,7 +6,10 @@
 #include <ATen/ATen.h>
 #include <ATen/TensorIterator.h>
 #include <c10/util/Exception.h>
+#include <c10/util/safe_numerics.h>
 
+#include <cmath>
+#include <limits>
 #include <string>
 
 #include "pgsl/jsma.h"
@@ -42,6 +45,15 @@ inline void check_same_device(const at::Tensor& a, const char* arg_a, const at::
 
 inline void check_tau_scalar(double tau, const char* op) {
   TORCH_CHECK_VALUE(tau >= 0.0, op, ": expected `tau` >= 0 (and not NaN), but got ", tau);
+}
+
+// A double argument stored in a float32 or float64 tensor: beyond the largest
+// finite value of the dtype it becomes +-inf, as rounding would give (at::full
+// and static_cast would raise or be undefined instead).
+inline double saturate_to(double v, at::ScalarType dtype) {
+  const double largest = dtype == at::kFloat ? std::numeric_limits<float>::max()
+                                             : std::numeric_limits<double>::max();
+  return std::fabs(v) > largest ? std::copysign(std::numeric_limits<double>::infinity(), v) : v;
 }
 
 // Whether a tensor of shape `from` broadcasts *to* `to` (never expanding `to`).
@@ -114,6 +126,12 @@ inline UnshuffleParams unshuffle_params(const at::Tensor& x, const at::Tensor& s
   TORCH_CHECK_VALUE(x.size(2) % factor == 0 && x.size(3) % factor == 0, op,
                     ": expected the height and width of `x` to be divisible by `factor` = ",
                     factor, ", but got (", x.size(2), ", ", x.size(3), ")");
+  int64_t factor_squared = 0, unshuffled = 0;
+  TORCH_CHECK_VALUE(!c10::mul_overflows(factor, factor, &factor_squared) &&
+                        !c10::mul_overflows(x.size(1), factor_squared, &unshuffled) &&
+                        unshuffled < std::numeric_limits<int64_t>::max(),
+                    op, ": expected C * factor**2 + 1 output channels to fit in int64, but got C = ",
+                    x.size(1), ", factor = ", factor);
   UnshuffleParams p{};
   p.batch = x.size(0);
   p.channels = x.size(1);

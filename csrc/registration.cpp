@@ -23,5 +23,6 @@ TORCH_LIBRARY(pgsl_ext, m) {
       "Generator? generator=None) -> Tensor");
   m.def(
       "rpca(Tensor x, Tensor? init=None, *, float? mu=0.55, float? lam=None, int max_iter=1000, "
-      "float tol=1e-7, int? rank=None, str method=\"alternating\") -> (Tensor low_rank, Tensor sparse, Tensor iterations, Tensor converged)");
+      "float tol=1e-7, int? rank=None, str method=\"alternating\", Generator? generator=None) -> "
+      "(Tensor low_rank, Tensor sparse, Tensor iterations, Tensor converged)");
 }

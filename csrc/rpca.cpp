@@ -42,26 +42,31 @@ namespace pgsl {
 
 RpcaOptions rpca_options(const at::Tensor& x, std::optional<double> mu, std::optional<double> lam,
                          int64_t max_iter, double tol, std::optional<int64_t> rank,
-                         c10::string_view method, const char* op) {
+                         c10::string_view method, std::optional<at::Generator> generator,
+                         const char* op) {
   check_svt_input(x, op);
   TORCH_CHECK_VALUE(method == "alternating" || method == "apg", op,
                     ": expected `method` to be \"alternating\" or \"apg\", but got \"", std::string(method), "\"");
-  TORCH_CHECK_VALUE(!mu.has_value() || (std::isfinite(*mu) && *mu > 0.0), op,
+  TORCH_CHECK_VALUE(!mu.has_value() || *mu > 0.0, op,
                     ": expected `mu` > 0 (or None for continuation), but got ", mu.value_or(0.0));
-  TORCH_CHECK_VALUE(!lam.has_value() || (std::isfinite(*lam) && *lam > 0.0), op,
-                    ": expected `lam` > 0 or None, but got ", lam.value_or(0.0));
-  TORCH_CHECK_VALUE(max_iter >= 1, op, ": expected `max_iter` >= 1, but got ", max_iter);
-  TORCH_CHECK_VALUE(tol > 0.0, op, ": expected `tol` > 0, but got ", tol);
+  TORCH_CHECK_VALUE(!lam.has_value() || *lam > 0.0, op, ": expected `lam` > 0 or None, but got ",
+                    lam.value_or(0.0));
+  TORCH_CHECK_VALUE(max_iter >= 0, op, ": expected `max_iter` >= 0, but got ", max_iter);
+  TORCH_CHECK_VALUE(tol >= 0.0, op, ": expected `tol` >= 0 (and not NaN), but got ", tol);
   TORCH_CHECK_VALUE(!rank.has_value() || *rank >= 1, op, ": expected `rank` >= 1 or None, but got ",
                     rank.value_or(0));
   const int64_t m = x.size(-2), n = x.size(-1);
+  // Values beyond the dtype's range act as +inf (mu = 1e39 for float32 gives L = S = 0).
+  const auto dtype = x.scalar_type();
   RpcaOptions o;
-  o.mu = mu;
-  o.lam = lam.value_or(1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(1, std::max(m, n)))));
+  if (mu.has_value()) o.mu = saturate_to(*mu, dtype);
+  o.lam = saturate_to(
+      lam.value_or(1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(1, std::max(m, n))))), dtype);
   o.max_iter = max_iter;
-  o.tol = std::max(tol, rpca_tolerance_floor(x.scalar_type() == at::kFloat));
+  o.tol = saturate_to(std::max(tol, rpca_tolerance_floor(dtype == at::kFloat)), dtype);
   o.rank = rank;
   o.method = method == "apg" ? RpcaMethod::kApg : RpcaMethod::kAlternating;
+  o.generator = std::move(generator);
   return o;
 }
 
@@ -71,17 +76,16 @@ void check_rpca_init(const at::Tensor& x, const std::optional<at::Tensor>& init,
                     x.sizes(), ", but got ", init->sizes());
   TORCH_CHECK_TYPE(init->scalar_type() == x.scalar_type(), op, ": expected `init` of x's dtype ",
                    x.scalar_type(), ", but got ", init->scalar_type());
-  TORCH_CHECK_VALUE(init->device() == x.device(), op, ": expected `init` on x's device ", x.device(),
-                    ", but got ", init->device());
+  check_same_device(x, "x", *init, "init", op);
 }
 
 namespace {
 
 at::Tensor starting_mu(const at::Tensor& x3, const RpcaOptions& o) {
   if (o.mu.has_value()) return at::full({x3.size(0)}, *o.mu, x3.options());
-  const at::Tensor finite = at::isfinite(x3).all(-1).all(-1);
-  const at::Tensor clean = at::where(finite.view({-1, 1, 1}), x3, at::zeros({}, x3.options()));
-  return kContinuationStart * at::linalg_matrix_norm(clean, 2, {-2, -1});
+  // ||X||_2 of the exactly rescaled X (LAPACK's SVD fails on subnormal input), scaled back.
+  const Rescaled r = rescale(x3);
+  return kContinuationStart * at::linalg_matrix_norm(r.x, 2, {-2, -1}) / r.scale;
 }
 
 at::Tensor soft(const at::Tensor& z, const at::Tensor& threshold) {
@@ -120,6 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_batched(
   SvtOptions svt_opts;
   svt_opts.rank = o.rank;
   const bool alternating = o.method == RpcaMethod::kAlternating;
+  svt_opts.generator = o.generator;
   for (int64_t k = 1; k <= o.max_iter && index.numel() > 0; ++k) {
     const at::Tensor beta = ((tp - 1) / t).view({-1, 1, 1});
     at::Tensor L_new, S_new, residual, restart;
@@ -177,16 +182,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_forward(
     SmallSvtKernel small_svt, SmallRpcaKernel small_rpca) {
   const int64_t m = x.size(-2), n = x.size(-1);
   const auto batch_shape = x.sizes().slice(0, x.dim() - 2);
-  const at::Tensor x3 = x.reshape({-1, m, n});
+  const int64_t batch = c10::multiply_integers(batch_shape);
+  const at::Tensor x3 = x.reshape({batch, m, n});  // not -1: ambiguous for zero-size matrices
   std::optional<at::Tensor> init3;
-  if (init) init3 = init->reshape({-1, m, n});
-  const int64_t batch = x3.size(0);
+  if (init) init3 = init->reshape({batch, m, n});
   at::Tensor low_rank, sparse, iterations, converged;
-  if (x.numel() == 0) {
-    low_rank = at::zeros({batch, m, n}, x.options());
-    sparse = at::zeros({batch, m, n}, x.options());
+  if (x.numel() == 0 || o.max_iter == 0) {
+    // Nothing to iterate: an empty matrix has converged; max_iter = 0 returns the starting
+    // point L = 0, S = init or 0 (all-NaN for a non-finite matrix or start), not converged.
+    at::Tensor finite = at::isfinite(x3).all(-1).all(-1);
+    if (init3) finite = at::logical_and(finite, at::isfinite(*init3).all(-1).all(-1));
+    finite = finite.view({-1, 1, 1});
+    const at::Tensor nan = at::full({}, NAN, x.options());
+    low_rank = at::where(finite, at::zeros({}, x.options()), nan).expand({batch, m, n}).contiguous();
+    sparse = init3 ? at::where(finite, *init3, nan).contiguous() : low_rank.clone();
     iterations = at::zeros({batch}, x.options().dtype(at::kLong));
-    converged = at::ones({batch}, x.options().dtype(at::kBool));
+    converged = at::full({batch}, x.numel() == 0, x.options().dtype(at::kBool));
   } else if (!o.rank.has_value() && std::min(m, n) <= kJacobiMaxN) {
     low_rank = at::empty({batch, m, n}, x.options());
     sparse = at::empty({batch, m, n}, x.options());

@@ -20,7 +20,8 @@ void check_svt_input(const at::Tensor& x, const char* op) {
 
 at::Tensor tau_per_matrix(const at::Tensor& x, double tau, const char* op) {
   check_tau_scalar(tau, op);
-  return at::full({c10::multiply_integers(x.sizes().slice(0, x.dim() - 2))}, tau, x.options());
+  return at::full({c10::multiply_integers(x.sizes().slice(0, x.dim() - 2))},
+                  saturate_to(tau, x.scalar_type()), x.options());
 }
 
 at::Tensor tau_per_matrix(const at::Tensor& x, const at::Tensor& tau, const char* op) {
@@ -46,9 +47,13 @@ Rescaled rescale(const at::Tensor& x3) {
   r.finite = at::isfinite(x3).all(-1).all(-1);
   const at::Tensor clean = at::where(r.finite.view({-1, 1, 1}), x3, at::zeros({}, x3.options()));
   const at::Tensor amax = clean.abs().amax({-2, -1});
-  const at::Tensor exponent = std::get<1>(at::frexp(amax));
-  r.scale = at::where(amax > 0, at::pow(2.0, -exponent.to(x3.scalar_type())),
-                      at::ones({}, x3.options()));
+  // 2^-e for max|x| = f 2^e, kept a normal number (see exact_scale_for).
+  const bool single = x3.scalar_type() == at::kFloat;
+  const at::Tensor power = std::get<1>(at::frexp(amax))
+                               .neg()
+                               .clamp(single ? NormalExponents<float>::min : NormalExponents<double>::min,
+                                      single ? NormalExponents<float>::max : NormalExponents<double>::max);
+  r.scale = at::where(amax > 0, at::pow(2.0, power.to(x3.scalar_type())), at::ones({}, x3.options()));
   r.x = clean * r.scale.view({-1, 1, 1});
   return r;
 }
@@ -80,14 +85,14 @@ std::tuple<at::Tensor, at::Tensor> svt_exact(const at::Tensor& x3, const at::Ten
   if (x3.numel() > 0 && hi > 2 * lo) {
     // Tall (or wide) and thin: QR-precondition (Q R = x, or its transpose), run the Jacobi
     // kernel on the small square R, and map back: svt(Q R) = Q svt(R) for orthonormal Q.
-    // Householder QR needs no rescaling (its norms are overflow-safe) and the kernel rescales
-    // R itself; a non-finite matrix stays confined to its own Q and R, and R's all-NaN
-    // result makes its output all-NaN.
+    // Rescaled first: R's entries are column norms, which overflow for entries near the
+    // largest float (and LAPACK's QR loses subnormal input).
+    const Rescaled r = rescale(x3);
     const bool wide = m < n;
-    auto [q, upper] = at::linalg_qr(wide ? x3.mT() : x3, "reduced");
-    auto [small_out, kept] = svt_exact(upper, tau, small);
+    auto [q, upper] = at::linalg_qr(wide ? r.x.mT() : r.x, "reduced");
+    auto [small_out, kept] = svt_exact(upper, tau * r.scale, small);
     const at::Tensor out = at::matmul(q, small_out);
-    return {wide ? out.mT().contiguous() : out.contiguous(), kept};
+    return {r.restore(wide ? out.mT() : out), kept};
   }
   at::Tensor out = at::empty({x3.size(0), m, n}, x3.options());
   at::Tensor kept = at::empty({x3.size(0)}, x3.options().dtype(at::kInt));
@@ -110,24 +115,27 @@ at::Tensor orthonormal_basis(const at::Tensor& y) {
 at::Tensor svt_randomized(const at::Tensor& x3, const at::Tensor& tau, const SvtOptions& o,
                           SmallSvtKernel small) {
   const int64_t m = x3.size(1), n = x3.size(2), full = std::min(m, n);
-  int64_t sketch = std::min(*o.rank + o.oversample, full);
-  // GEMMs and Householder QR need no rescaling, and the small exact SVT rescales itself; a
-  // non-finite matrix only ever mixes with itself, so its result is all-NaN, as elsewhere.
+  // min(rank + oversample, full), without overflowing int64.
+  int64_t sketch = *o.rank >= full || o.oversample >= full - *o.rank ? full : *o.rank + o.oversample;
+  // Rescaled like the exact paths: the sketch's GEMMs and QRs overflow for entries near the
+  // largest float. Non-finite matrices run as zeros and come back all-NaN, as elsewhere.
+  const Rescaled r = rescale(x3);
+  const at::Tensor tau_scaled = tau * r.scale;
   while (sketch < full) {
     const at::Tensor omega = at::randn({x3.size(0), n, sketch}, o.generator, x3.options());
-    at::Tensor q = orthonormal_basis(at::matmul(x3, omega));
+    at::Tensor q = orthonormal_basis(at::matmul(r.x, omega));
     for (int64_t it = 0; it < o.power_iters; ++it) {
-      q = orthonormal_basis(at::matmul(x3.mT(), q));
-      q = orthonormal_basis(at::matmul(x3, q));
+      q = orthonormal_basis(at::matmul(r.x.mT(), q));
+      q = orthonormal_basis(at::matmul(r.x, q));
     }
-    const at::Tensor projected = at::matmul(q.mT(), x3);  // (B, sketch, n)
-    auto [small_out, kept] = svt_exact(projected, tau, small);
+    const at::Tensor projected = at::matmul(q.mT(), r.x);  // (B, sketch, n)
+    auto [small_out, kept] = svt_exact(projected, tau_scaled, small);
     if (kept.numel() == 0 || kept.max().item<int64_t>() < sketch) {
-      return at::matmul(q, small_out).contiguous();
+      return r.restore(at::matmul(q, small_out));
     }
     sketch = std::min(2 * sketch, full);
   }
-  return std::get<0>(svt_exact(x3, tau, small));
+  return r.restore(std::get<0>(svt_exact(r.x, tau_scaled, small)));
 }
 
 }  // namespace

@@ -68,6 +68,7 @@ struct RpcaOptions {
   double tol;                // already floored for the dtype
   std::optional<int64_t> rank;
   RpcaMethod method;
+  std::optional<at::Generator> generator;  // for rank=k
 };
 
 // The fused small-matrix RPCA kernel of one device: x3 (B, m, n) any strides
@@ -81,7 +82,8 @@ using SmallRpcaKernel = void (*)(const at::Tensor& x3, const std::optional<at::T
 
 RpcaOptions rpca_options(const at::Tensor& x, std::optional<double> mu, std::optional<double> lam,
                          int64_t max_iter, double tol, std::optional<int64_t> rank,
-                         c10::string_view method, const char* op);
+                         c10::string_view method, std::optional<at::Generator> generator,
+                         const char* op);
 void check_rpca_init(const at::Tensor& x, const std::optional<at::Tensor>& init, const char* op);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_forward(
@@ -117,9 +119,9 @@ template <SmallSvtKernel kSmallSvt, SmallRpcaKernel kSmallRpca>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_op(
     const at::Tensor& x, const std::optional<at::Tensor>& init, std::optional<double> mu,
     std::optional<double> lam, int64_t max_iter, double tol, std::optional<int64_t> rank,
-    c10::string_view method) {
+    c10::string_view method, std::optional<at::Generator> generator) {
   constexpr const char* op = "pgsl_ext.rpca";
-  const RpcaOptions o = rpca_options(x, mu, lam, max_iter, tol, rank, method, op);
+  const RpcaOptions o = rpca_options(x, mu, lam, max_iter, tol, rank, method, std::move(generator), op);
   check_rpca_init(x, init, op);
   return rpca_forward(x, init, o, kSmallSvt, kSmallRpca);
 }

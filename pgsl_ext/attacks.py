@@ -8,6 +8,7 @@ definition is :func:`pgsl_ext.reference.jsma`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from typing import NamedTuple, Optional, Tuple
@@ -42,10 +43,12 @@ class JSMAResult(NamedTuple):
 def _check_arguments(model, x, y, targeted, target, theta, gamma, clip, jacobian, domain_margin):
     op = "jsma"
     if not callable(model):
-        raise TypeError(f"{op}: expected `model` to be callable (an nn.Module), but got {type(model).__name__}")
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
+        raise TypeError(f"{op}: expected `model` to be callable (an nn.Module or a function), but got {type(model).__name__}")
+    if not isinstance(x, Tensor) or x.dtype not in (torch.float32, torch.float64) or x.dim() < 2:
         got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{op}: expected `x` to be a floating tensor of shape (B, C, H, W) (or (B, *)), but got {got}")
+        raise ValueError(
+            f"{op}: expected `x` to be a float32 or float64 tensor of shape (B, C, H, W) (or (B, *)), but got {got}"
+        )
     batch = x.shape[0]
 
     def check_labels(t, name):
@@ -75,6 +78,12 @@ def _check_arguments(model, x, y, targeted, target, theta, gamma, clip, jacobian
         or not clip[0] < clip[1]
     ):
         raise ValueError(f"{op}: expected `clip` = (clip_min, clip_max) with clip_min < clip_max, but got {clip!r}")
+    outside = ~((x >= clip[0]) & (x <= clip[1]))  # NaN is outside too
+    if bool(outside.any()):
+        raise ValueError(
+            f"{op}: expected every entry of `x` within `clip` = {tuple(clip)}, but {int(outside.sum())} are not"
+            f" (min {x.min().item()}, max {x.max().item()})"
+        )
     if jacobian not in ("logits", "softmax"):
         raise ValueError(f"{op}: expected `jacobian` to be 'logits' or 'softmax', but got {jacobian!r}")
     if (
@@ -115,13 +124,18 @@ def jsma(
 
     ``targeted=False`` is PGSL's non-targeted attack (chosen class ``y``, pairs that lower it
     and raise the others); ``targeted=True`` is Papernot et al.'s (chosen class ``target``).
+    Either works with ``theta < 0`` (lowering features): the search's sign conditions follow
+    the direction of the step (:func:`raises_chosen_class`).
 
     Args:
-        model (nn.Module): maps ``x``-shaped batches to ``(B, K)`` outputs, ``K >= 2``. It runs
-            in eval mode; its train/eval mode is restored on exit and gradients are taken w.r.t.
-            the input only, so nothing accumulates in its parameters' ``.grad``.
-        x (Tensor[B, C, H, W]): float32 or float64 images (any ``(B, *)`` shape), within ``clip``.
-        y (Tensor[B]): int64 true labels.
+        model (nn.Module or callable): maps ``x``-shaped batches to one ``(B, K)`` tensor,
+            ``K >= 2``. A module runs in eval mode; every submodule's train/eval mode is
+            restored on exit. Gradients are taken w.r.t. the input only, so nothing accumulates
+            in its parameters' ``.grad``. Autograd is enabled inside, also under ``no_grad`` or
+            ``inference_mode``.
+        x (Tensor[B, C, H, W]): float32 or float64 images (any ``(B, *)`` shape, ``B >= 0``),
+            every entry within ``clip`` (checked).
+        y (Tensor[B]): int64 true labels in ``[0, K)`` (checked at the first forward).
         targeted (bool): see above. target (Tensor[B], int64): required iff ``targeted``.
         theta (float): the step per pixel (non-zero; 1 saturates pixels in [0, 1]).
         gamma (float): the fraction of features that may change, in ``(0, 1]``.
@@ -135,20 +149,22 @@ def jsma(
         ``success=True`` and ``iterations=0``.
 
     Raises:
-        ValueError / TypeError: bad arguments, named in the message.
+        ValueError: a bad argument value, named in the message (also labels outside
+            ``[0, K)`` and ``x`` outside ``clip``).
+        TypeError: ``model`` not callable or not returning one floating tensor, ``targeted``
+            not a bool.
     """
     _check_arguments(model, x, y, targeted, target, theta, gamma, clip, jacobian, domain_margin)
     batch = x.shape[0]
-    n = x[0].numel()
+    n = math.prod(x.shape[1:])
     feature_shape = x.shape[1:]
     lo, hi = float(clip[0]), float(clip[1])
-    classes = target if targeted else y
-    classes = classes.long()
+    classes = (target if targeted else y).long()
     budget = int(n * gamma / 2)
+    search_targeted = raises_chosen_class(targeted, theta)
 
-    was_training = model.training
-    model.eval()
-    try:
+    # The attack needs autograd even when called under no_grad or inference_mode.
+    with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
         adv = x.detach().clone().reshape(batch, n)
         domain = adv < hi - domain_margin if theta > 0 else adv > lo + domain_margin
         iterations = torch.zeros(batch, dtype=torch.long, device=x.device)
@@ -163,10 +179,8 @@ def jsma(
                 if not last:
                     xa.requires_grad_(True)
                 out = model(xa)
-                if out.dim() != 2 or out.shape[0] != rows.numel() or out.shape[1] < 2:
-                    raise ValueError(
-                        f"jsma: expected `model` to return (B, K) outputs with K >= 2 classes, but got shape {tuple(out.shape)}"
-                    )
+                if step == 0:
+                    check_model_output(out, rows.numel(), classes, "target" if targeted else "y")
                 if jacobian == "softmax":
                     out = out.softmax(dim=1)
                 cls = classes[rows]
@@ -184,7 +198,7 @@ def jsma(
                 g_class[go_on].reshape(rows.numel(), n),
                 g_others[go_on].reshape(rows.numel(), n),
                 domain[rows],
-                targeted=targeted,
+                targeted=search_targeted,
             )
             rows, p, q = rows[found], p[found], q[found]
             for pix in (p, q):
@@ -193,5 +207,47 @@ def jsma(
             iterations[rows] += 1
         adversarial = adv.reshape(x.shape)
         return JSMAResult(adversarial, adversarial - x, success, iterations)
+
+
+def raises_chosen_class(targeted: bool, theta: float) -> bool:
+    """The ``targeted`` flag of :func:`pgsl_ext.ops.jsma_saliency_search` for one attack step.
+
+    Moving a pair by ``theta`` changes the chosen class's output by about ``theta * a`` and the
+    others' by ``theta * b``. A targeted attack wants the first up and the second down, i.e.
+    ``a > 0, b < 0`` for ``theta > 0`` but ``a < 0, b > 0`` for ``theta < 0``; a non-targeted
+    attack wants the opposite. The score ``-a b`` is the same either way.
+    """
+    return targeted if theta > 0 else not targeted
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Puts an ``nn.Module`` in eval mode and restores every submodule's own mode on exit (a
+    BatchNorm frozen in eval inside a training model stays frozen). Plain callables pass."""
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
+
+
+def check_model_output(out, batch: int, classes: Tensor, name: str) -> None:
+    """The model's first output: a (B, K) floating tensor, K >= 2, and every label < K."""
+    if not isinstance(out, Tensor) or not out.is_floating_point():
+        got = f"{out.dtype} tensor" if isinstance(out, Tensor) else type(out).__name__
+        raise TypeError(f"jsma: expected `model` to return one floating (B, K) tensor of outputs, but got {got}")
+    if out.dim() != 2 or out.shape[0] != batch or out.shape[1] < 2:
+        raise ValueError(
+            f"jsma: expected `model` to return (B, K) outputs with K >= 2 classes, but got shape {tuple(out.shape)}"
+        )
+    bad = (classes < 0) | (classes >= out.shape[1])
+    if bool(bad.any()):
+        raise ValueError(
+            f"jsma: expected every label in `{name}` in [0, {out.shape[1]}) (the model has {out.shape[1]} classes),"
+            f" but got {classes[bad][0].item()}"
+        )

@@ -111,13 +111,11 @@ def jsma(
     brute-force :func:`jsma_saliency_search`, and both pixels of each pair moved by ``theta``.
     Arguments are validated by :func:`pgsl_ext.attacks.jsma`; see it for their meaning.
     """
-    from .attacks import JSMAResult
+    from .attacks import JSMAResult, eval_mode, raises_chosen_class
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
         batch = x.shape[0]
-        n = x[0].numel()
+        n = math.prod(x.shape[1:])
         adv = x.detach().clone().reshape(batch, n)
         lo, hi = clip
         domain = adv < hi - domain_margin if theta > 0 else adv > lo + domain_margin
@@ -130,24 +128,28 @@ def jsma(
             rows = running.nonzero().flatten()
             if rows.numel() == 0:
                 break
-            with torch.enable_grad():
-                xa = adv[rows].reshape(rows.numel(), *x.shape[1:]).requires_grad_(True)
-                out = model(xa)
-                if jacobian == "softmax":
-                    out = out.softmax(dim=1)
-                pred = out.argmax(dim=1)
-                reached = pred == classes[rows] if targeted else pred != classes[rows]
-                success[rows] = reached
-                if step == budget:
-                    break
-                chosen, others = _jsma_masks(out, classes[rows])
-                g_class = torch.autograd.grad(out, xa, chosen, retain_graph=True)[0]
-                g_others = torch.autograd.grad(out, xa, others)[0]
+            xa = adv[rows].reshape(rows.numel(), *x.shape[1:]).requires_grad_(True)
+            out = model(xa)
+            if jacobian == "softmax":
+                out = out.softmax(dim=1)
+            pred = out.argmax(dim=1)
+            reached = pred == classes[rows] if targeted else pred != classes[rows]
+            success[rows] = reached
+            if step == budget:
+                break
+            chosen, others = _jsma_masks(out, classes[rows])
+            g_class = torch.autograd.grad(out, xa, chosen, retain_graph=True)[0]
+            g_others = torch.autograd.grad(out, xa, others)[0]
             running[rows[reached]] = False  # finished: never touched again
             go_on = ~reached
             rows, g_class, g_others = rows[go_on], g_class[go_on], g_others[go_on]
+            # The sign conditions follow the step's direction: with theta < 0 a pair lowers the
+            # chosen class when its gradient sum is positive.
             p, q, found = jsma_saliency_search(
-                g_class.reshape(rows.numel(), n), g_others.reshape(rows.numel(), n), domain[rows], targeted=targeted
+                g_class.reshape(rows.numel(), n),
+                g_others.reshape(rows.numel(), n),
+                domain[rows],
+                targeted=raises_chosen_class(targeted, theta),
             )
             running[rows[~found]] = False
             rows, p, q = rows[found], p[found], q[found]
@@ -157,8 +159,6 @@ def jsma(
             iterations[rows] += 1
         adversarial = adv.reshape(x.shape)
         return JSMAResult(adversarial, adversarial - x, success, iterations)
-    finally:
-        model.train(was_training)
 
 
 def svt(x: Tensor, tau: Union[float, Tensor]) -> Tensor:
@@ -203,12 +203,15 @@ def rpca(
     lam = 1.0 / math.sqrt(max(m, n, 1)) if lam is None else lam
     tol = max(tol, 64 * torch.finfo(x.dtype).eps)
     batch_shape = x.shape[:-2]
-    X = x.reshape(-1, m, n)
-    b = X.shape[0]
+    b = math.prod(batch_shape)
+    X = x.reshape(b, m, n)
+    if X.numel() == 0:  # nothing to iterate: converged at the start
+        zeros = torch.zeros_like(x)
+        return RPCAResult(zeros, zeros.clone(), x.new_zeros(batch_shape, dtype=torch.int64), x.new_ones(batch_shape, dtype=torch.bool))
     if mu is None:
-        mu_k = 0.99 * torch.linalg.matrix_norm(X, 2) if b else X.new_zeros(0)
+        mu_k = 0.99 * torch.linalg.matrix_norm(X, 2)
     else:
-        mu_k = X.new_full((b,), mu)
+        mu_k = torch.tensor(mu, dtype=X.dtype, device=X.device).expand(b)  # beyond the dtype: inf
     mu_floor = 1e-5 * mu_k
     L, Lp = torch.zeros_like(X), torch.zeros_like(X)
     S = torch.zeros_like(X) if init is None else init.reshape(-1, m, n).to(X)

@@ -6,7 +6,8 @@
 #
 # Environment: BUILD_DIR (default build/cmake), BUILD_TYPE (Release), JOBS (2), PYTHON (the
 # python with torch; default python, as scripts/install.sh, else python3), CUDA_ARCHS
-# (CMAKE_CUDA_ARCHITECTURES, default 90).
+# (CMAKE_CUDA_ARCHITECTURES, default 90), CTEST_ARGS (extra ctest arguments, e.g. "--parallel 8"
+# or "-R ^emulat").
 # Extra arguments go to the cmake configure step. Exits non-zero if any step fails.
 set -euo pipefail
 
@@ -50,4 +51,5 @@ timed() {
 
 timed cmake "${args[@]}" "$@"
 timed cmake --build "$BUILD_DIR" --parallel "$JOBS"
-timed ctest --test-dir "$BUILD_DIR" --output-on-failure
+# shellcheck disable=SC2086  # CTEST_ARGS is a list of words
+timed ctest --test-dir "$BUILD_DIR" --output-on-failure ${CTEST_ARGS:-}

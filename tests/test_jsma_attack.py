@@ -161,7 +161,94 @@ def test_bad_arguments():
         f(model, x, y, clip=(1.0, 0.0))
     with pytest.raises(ValueError, match="`domain_margin` to be a finite number >= 0"):
         f(model, x, y, domain_margin=-1)
-    with pytest.raises(ValueError, match="`x` to be a floating tensor"):
+    with pytest.raises(ValueError, match="`x` to be a float32 or float64 tensor"):
         f(model, x.long(), y)
     with pytest.raises(ValueError, match="K >= 2 classes"):
         f(_TinyNet((1, 4, 4), 1), x, y)
+
+
+def _linear_model(weights, bias):
+    """A linear classifier with the given (K, N) weights and (K,) bias on flattened input."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(weights.shape[1], weights.shape[0]))
+    with torch.no_grad():
+        model[1].weight.copy_(weights)
+        model[1].bias.copy_(bias)
+    return model.double()
+
+
+@pytest.mark.parametrize("theta", [1.0, -1.0])
+@pytest.mark.parametrize("targeted", [False, True], ids=["pgsl", "targeted"])
+def test_step_direction_follows_the_sign_of_theta(theta, targeted):
+    # theta < 0 once kept the sign conditions of theta > 0: on this model it lowered the
+    # pixels with negative weight and made the true class *more* likely.
+    w = torch.tensor([1.0, 1.0, 1.0, 1.0, -0.5, -0.5, -0.5, -0.5], dtype=torch.float64)
+    w = w if theta < 0 else -w  # the mirrored problem for theta > 0 (x = 0 raised)
+    model = _linear_model(torch.stack([w, -w]), torch.tensor([0.0, 1.5 if theta < 0 else -1.5], dtype=torch.float64))
+    x = torch.full((1, 1, 2, 4), 1.0 if theta < 0 else 0.0, dtype=torch.float64)
+    y = model(x).argmax(1)
+    kwargs = dict(theta=theta, gamma=1.0, targeted=targeted, target=1 - y if targeted else None)
+    got = attacks.jsma(model, x, y, **kwargs)
+    _assert_same_result(got, reference.jsma(model, x, y, **kwargs))
+    assert got.success.all() and got.iterations.tolist() == [1]
+    margin = lambda z: (model(z)[:, 0] - model(z)[:, 1]).item()  # noqa: E731
+    assert margin(got.adversarial) < margin(x) if y.item() == 0 else margin(got.adversarial) > margin(x)
+
+
+def test_empty_batch():
+    # x[0].numel() once raised IndexError for B = 0.
+    model = _TinyNet((1, 4, 4), 3)
+    x, y = torch.rand(0, 1, 4, 4), torch.zeros(0, dtype=torch.long)
+    for attack in (attacks.jsma, reference.jsma):
+        r = attack(model, x, y)
+        assert r.adversarial.shape == x.shape and r.perturbation.shape == x.shape
+        assert r.success.shape == (0,) and r.iterations.shape == (0,)
+
+
+def test_every_submodule_mode_is_restored():
+    # A BatchNorm frozen in eval inside a training model once came back in train mode.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    model.train()
+    model[2].eval()
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    for attack in (attacks.jsma, reference.jsma):
+        attack(model, x, y)
+        assert model.training and model[1].training and not model[2].training, attack
+
+
+def test_model_errors_and_labels_name_the_argument():
+    model = _TinyNet((1, 4, 4), 3)
+    x, y = torch.rand(2, 1, 4, 4), torch.tensor([0, 1])
+    f = attacks.jsma
+    with pytest.raises(TypeError, match="`model` to return one floating"):
+        f(lambda z: (model(z), None), x, y)
+    for bad in (torch.tensor([0, 3]), torch.tensor([-1, 0])):
+        with pytest.raises(ValueError, match=r"label in `y` in \[0, 3\)"):
+            f(model, x, bad)
+        with pytest.raises(ValueError, match=r"label in `y` in \[0, 3\)"):
+            f(model, x, bad, gamma=0.01)  # budget 0: the label is still checked
+        with pytest.raises(ValueError, match=r"label in `target` in \[0, 3\)"):
+            f(model, x, y, targeted=True, target=bad)
+    with pytest.raises(ValueError, match="`x` to be a float32 or float64 tensor"):
+        f(model.half(), x.half(), y)
+    model.float()
+    for outside in (x + 1, x - 1, torch.where(x > 0.5, float("nan"), x)):
+        with pytest.raises(ValueError, match="every entry of `x` within `clip`"):
+            f(model, outside, y)
+
+
+def test_plain_functions_no_grad_and_inference_mode():
+    # A plain function as model once raised AttributeError (.training); inference_mode an
+    # obscure autograd error.
+    model = _TinyNet((1, 4, 4), 3).eval()
+    x = torch.rand(3, 1, 4, 4)
+    y = model(x).argmax(1)
+    expected = attacks.jsma(model, x, y, gamma=0.5)
+    _assert_same_result(attacks.jsma(lambda z: model(z), x, y, gamma=0.5), expected)
+    _assert_same_result(reference.jsma(lambda z: model(z), x, y, gamma=0.5), expected)
+    with torch.no_grad():
+        _assert_same_result(attacks.jsma(model, x, y, gamma=0.5), expected)
+    with torch.inference_mode():
+        got = attacks.jsma(model, x.clone(), y.clone(), gamma=0.5)
+        ref = reference.jsma(model, x.clone(), y.clone(), gamma=0.5)
+    _assert_same_result(got, expected)
+    _assert_same_result(ref, expected)

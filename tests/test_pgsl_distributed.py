@@ -50,11 +50,14 @@ def test_one_server_two_clients_over_gloo_matches_one_process(tmp_path):
     local_m = json.load(open(os.path.join(local_out, "metrics.json")))
     assert dist_m["clients"] == 2 and dist_m["distributed"] is True
     # The same code in one process and in three: the same initialisation, shards, batches and
-    # dropout masks, so the training losses agree (up to float reordering across thread counts).
+    # dropout masks, so the training losses agree up to float reordering across thread counts (one
+    # thread per rank vs two), which grows step by step: measured 1e-7 at the first step, 1.1e-3
+    # relative at the sixth. Different masks or batches differ by far more (0.2 and up).
     a, b = dist_m["history"][0]["train_loss_trace"], local_m["history"][0]["train_loss_trace"]
     assert len(a) == len(b) == 6  # 2 clients x 48 images / 16
+    assert abs(a[0][0] - b[0][0]) < 1e-5, (a, b)
     for x, y in zip(a, b):
-        assert abs(x[0] - y[0]) < 1e-3 * max(1.0, abs(y[0])), (a, b)
+        assert abs(x[0] - y[0]) < 1e-2 * max(1.0, abs(y[0])), (a, b)
 
 
 def _wait_for(path, procs, limit=600):

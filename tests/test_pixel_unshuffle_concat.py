@@ -191,3 +191,53 @@ def test_bad_inputs_name_the_argument(device):
 def test_saliency_on_another_device_is_an_error(device):
     with pytest.raises(RuntimeError, match="`saliency` on the device of `x`"):
         ops.pixel_unshuffle_concat(torch.randn(1, 1, 4, 4, device=device), torch.randn(1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+def test_double_backward(device, reduce):
+    # The backward op had no autograd kernel: gradgradcheck failed, and d(grads)/d(grad_out)
+    # came back None with only a warning.
+    x, s = _inputs(2, 2, 6, 4, torch.float64, device, "transposed", seed=8)
+    args = (x.requires_grad_(), s.requires_grad_())
+    assert torch.autograd.gradgradcheck(lambda a, b: ops.pixel_unshuffle_concat(a, b, 2, reduce), args)
+    out = ops.pixel_unshuffle_concat(*args, 2, reduce)
+    grad_out = torch.randn_like(out).requires_grad_()
+    grads = torch.autograd.grad(out, args, grad_out, create_graph=True)
+    dx_dg, ds_dg = (torch.autograd.grad(g.sum(), grad_out, retain_graph=True)[0] for g in grads)
+    ref = reference.pixel_unshuffle_concat(*args, 2, reduce)
+    ref_grads = torch.autograd.grad(ref, args, grad_out, create_graph=True)
+    for got, g in zip((dx_dg, ds_dg), ref_grads):
+        torch.testing.assert_close(got, torch.autograd.grad(g.sum(), grad_out, retain_graph=True)[0], rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+def test_torch_func_transforms_match_reference(device, reduce):
+    # torch.func once raised "cannot use C++ torch::autograd::Function with functorch transforms".
+    x, s = _inputs(2, 2, 4, 6, torch.float64, device, "contiguous", seed=9)
+    ours = lambda a, b: ops.pixel_unshuffle_concat(a, b, 2, reduce)  # noqa: E731
+    ref = lambda a, b: reference.pixel_unshuffle_concat(a, b, 2, reduce)  # noqa: E731
+    weight = torch.randn(2, 9, 2, 3, dtype=torch.float64, device=device)
+    tangents = (torch.randn_like(x), torch.randn_like(s))
+    for transform in (
+        lambda f: torch.func.grad(lambda a, b: (f(a, b) * weight).sum(), argnums=(0, 1))(x, s),
+        lambda f: torch.func.jacrev(f, argnums=(0, 1))(x, s),
+        lambda f: torch.func.jacfwd(f, argnums=(0, 1))(x, s),
+        lambda f: torch.func.jvp(f, (x, s), tangents)[1],
+        lambda f: torch.func.vmap(f)(x[:, None], s[:, None]),
+    ):
+        got, want = transform(ours), transform(ref)
+        for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_channel_count_overflow_names_factor(device):
+    # C * f^2 + 1 once wrapped around int64: a (1, 1, 0, 0) input with factor 2**32 gave (1, 1, 0, 0).
+    x, s = torch.zeros(1, 1, 0, 0, device=device), torch.zeros(1, 1, 0, 0, device=device)
+    for dev in (device, "meta"):
+        for factor in (2**32, 3037000500):
+            with pytest.raises((ValueError, RuntimeError), match="C \\* factor\\*\\*2 \\+ 1 output channels to fit in int64"):
+                ops.pixel_unshuffle_concat(x.to(dev), s.to(dev), factor)
+    assert ops.pixel_unshuffle_concat(x, s, 2**20).shape == (1, 2**40 + 1, 0, 0)

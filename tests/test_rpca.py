@@ -205,10 +205,12 @@ def test_bad_inputs_name_the_argument(device):
         ops.rpca(x, mu=0.0)
     with pytest.raises(ValueError, match="`lam` > 0"):
         ops.rpca(x, lam=-1.0)
-    with pytest.raises(ValueError, match="`max_iter` >= 1"):
-        ops.rpca(x, max_iter=0)
-    with pytest.raises(ValueError, match="`tol` > 0"):
-        ops.rpca(x, tol=0.0)
+    with pytest.raises(ValueError, match="`max_iter` >= 0"):
+        ops.rpca(x, max_iter=-1)
+    with pytest.raises(ValueError, match="`tol` >= 0"):
+        ops.rpca(x, tol=-1e-9)
+    with pytest.raises(ValueError, match="`tol` >= 0"):
+        ops.rpca(x, tol=float("nan"))
     with pytest.raises(ValueError, match="`rank` >= 1"):
         ops.rpca(x, rank=0)
     with pytest.raises(ValueError, match='`method` to be "alternating" or "apg"'):
@@ -221,3 +223,93 @@ def test_bad_inputs_name_the_argument(device):
         ops.rpca(x.long())
     with pytest.raises(ValueError, match="`x` of shape"):
         ops.rpca(x[0, 0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(3, 0, 4), (3, 5, 0), (0, 0), (2, 0, 0), (0, 3, 3)], ids=str)
+def test_zero_size_matrices(device, shape):
+    # (3, 0, 4) once crashed: "cannot reshape tensor of 0 elements" (reshape(-1, m, n)).
+    x = torch.zeros(shape, device=device)
+    for r in (ops.rpca(x), reference.rpca(x), ops.rpca(x, rank=2)):
+        assert r.low_rank.shape == shape and r.sparse.shape == shape
+        assert r.iterations.shape == shape[:-2] and r.converged.shape == shape[:-2]
+        assert (r.iterations == 0).all() and r.converged.all()
+
+
+def _times_power_of_two(x, e):
+    while e:
+        step = max(-1000, min(1000, e))
+        x = x * 2.0**step
+        e -= step
+    return x
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,kwargs", [((3, 6, 5), {}), ((3, 6, 5), {"mu": None}), ((1, 66, 65), {})], ids=str)
+def test_subnormal_matrices(device, dtype, shape, kwargs):
+    # A finite subnormal matrix once ran 1,000 iterations and returned NaN, not converged.
+    x = _matrices(shape, torch.float64, "cpu", seed=5)
+    e = {torch.float32: 126 + 12, torch.float64: 1022 + 12}[dtype]  # max |x| ~ 2^-12 of the smallest normal
+    tiny = _times_power_of_two(x / x.abs().max(), -e).to(dtype)
+    assert tiny.abs().max() < torch.finfo(dtype).tiny
+    mu = kwargs.get("mu", 0.55)
+    mu_tiny = None if mu is None else torch.tensor(_times_power_of_two(torch.tensor(mu, dtype=torch.float64), -e).item(), dtype=dtype).item()
+    max_iter = 400 if shape[-1] < 64 else 60
+    got = ops.rpca(tiny.to(device), mu=mu_tiny, max_iter=max_iter)
+    assert torch.isfinite(got.low_rank).all() and torch.isfinite(got.sparse).all()
+    # rpca is homogeneous: the same problem on the exactly rescaled (normal) matrix.
+    normal = _times_power_of_two(tiny.double(), e).to(dtype)
+    want = ops.rpca(normal.to(device), mu=None if mu is None else _times_power_of_two(mu_tiny, e), max_iter=max_iter)
+    assert torch.equal(got.converged, want.converged)
+    if "mu" not in kwargs and max_iter == 400:
+        assert got.converged.all()
+    # Quantised to the subnormal grid (2^-149 for float32, ~1e-4 of these entries); mu_0 of
+    # the continuation (a subnormal number itself) carries ~1e-3 relative rounding.
+    tol = 2e-2 if dtype == torch.float32 else 1e-6
+    for a, b in ((got.low_rank, want.low_rank), (got.sparse, want.sparse)):
+        torch.testing.assert_close(_times_power_of_two(a.double(), e), b.double(), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(3, 6, 5), (1, 66, 65)], ids=str)
+def test_parameters_beyond_the_dtype_act_as_inf(device, shape):
+    # rpca(x_f32, mu=1e39) once raised "value cannot be converted to type float without overflow".
+    x = _matrices(shape, torch.float32, device)
+    for r in (ops.rpca(x, mu=1e39), ops.rpca(x, mu=float("inf")), reference.rpca(x, mu=1e39)):
+        assert torch.equal(r.low_rank, torch.zeros_like(x)) and torch.equal(r.sparse, torch.zeros_like(x))
+        assert r.converged.all()
+    got, want = ops.rpca(x, lam=1e39, max_iter=200), reference.rpca(x, lam=1e39, max_iter=200)
+    assert torch.equal(got.sparse, torch.zeros_like(x)) and torch.equal(want.sparse, torch.zeros_like(x))
+    torch.testing.assert_close(got.low_rank, want.low_rank, rtol=0, atol=1e-5)
+    assert ops.rpca(x, tol=1e39).converged.all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_generator_makes_rank_k_deterministic(device):
+    # rpca(rank=k) once drew from the global RNG, with no generator argument.
+    x = _matrices((2, 80, 70), torch.float64, device, seed=6)
+    state = torch.random.get_rng_state()
+    runs = [ops.rpca(x, max_iter=8, rank=4, generator=torch.Generator(device=device).manual_seed(1)) for _ in range(2)]
+    assert torch.equal(runs[0].low_rank, runs[1].low_rank) and torch.equal(runs[0].sparse, runs[1].sparse)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.library.opcheck(
+        torch.ops.pgsl_ext.rpca.default, (x,), {"max_iter": 2, "rank": 4, "generator": torch.Generator(device=device)}
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(3, 6, 5), (1, 66, 65)], ids=str)
+def test_tol_zero_is_floored_and_max_iter_zero_returns_the_start(device, shape):
+    # Both were refused although the docstring floors tol and the reference accepts both.
+    x = _matrices(shape, torch.float64, device, seed=7)
+    floor = ops.rpca(x, max_iter=60, tol=64 * torch.finfo(torch.float64).eps)
+    zero = ops.rpca(x, max_iter=60, tol=0.0)
+    assert torch.equal(zero.low_rank, floor.low_rank) and torch.equal(zero.iterations, floor.iterations)
+    ref = reference.rpca(x, max_iter=60, tol=0.0)
+    torch.testing.assert_close(zero.low_rank, ref.low_rank, rtol=0, atol=1e-9)
+    x[0, 0, 0] = float("nan")
+    for r in (ops.rpca(x, max_iter=0), reference.rpca(x, max_iter=0)):
+        assert (r.iterations == 0).all() and not r.converged.any()
+        assert torch.equal(r.low_rank[1:], torch.zeros_like(x[1:])) and torch.equal(r.sparse[1:], torch.zeros_like(x[1:]))
+    assert torch.isnan(ops.rpca(x, max_iter=0).low_rank[0]).all()

@@ -142,3 +142,24 @@ def test_bad_inputs_name_the_argument(device):
 def test_tau_on_another_device_is_an_error(device):
     with pytest.raises(RuntimeError, match="`tau` on the device of `x`"):
         ops.soft_threshold(torch.randn(3, 4, device=device), torch.ones(3, 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("tensor_tau", [False, True], ids=["float_tau", "tensor_tau"])
+def test_torch_func_transforms_match_reference(device, tensor_tau):
+    # torch.func once raised "cannot use C++ torch::autograd::Function with functorch transforms".
+    x = _away_from_kinks((3, 4), 0.7, 3).to(device)
+    tau = torch.full((3, 1), 0.7, dtype=torch.float64, device=device) if tensor_tau else 0.7
+    argnums = (0, 1) if tensor_tau else 0
+    tangent = torch.randn_like(x)
+    for transform in (
+        lambda f: torch.func.grad(lambda a, t: f(a, t).pow(2).sum(), argnums=argnums)(x, tau),
+        lambda f: torch.func.jacrev(f, argnums=argnums)(x, tau),
+        lambda f: torch.func.jacfwd(f, argnums=argnums)(x, tau),
+        lambda f: torch.func.jvp(lambda a: f(a, tau), (x,), (tangent,))[1],
+        lambda f: torch.func.vmap(f, in_dims=(0, 0 if tensor_tau else None))(x, tau),
+        lambda f: torch.func.grad(lambda a: torch.func.grad(lambda b: f(b, tau).pow(3).sum())(a).sum())(x),
+    ):
+        got, want = transform(ops.soft_threshold), transform(reference.soft_threshold)
+        for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-14)

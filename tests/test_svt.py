@@ -208,3 +208,83 @@ def test_randomized_confines_non_finite_matrices(device):
     x[1, 5, 5] = float("inf")
     out = ops.svt(x, 0.5, rank=10, generator=torch.Generator(device=device).manual_seed(0))
     assert torch.isnan(out[1]).all() and torch.isfinite(out[[0, 2]]).all()
+
+
+def _times_power_of_two(x, e):
+    """x * 2**e, exactly, in steps whose factors stay normal float64 numbers."""
+    while e:
+        step = max(-1000, min(1000, e))
+        x = x * 2.0**step
+        e -= step
+    return x
+
+
+# Every path: Jacobi, QR-preconditioned Jacobi (tall, wide), blocked, randomized.
+PATHS = {"jacobi": ((3, 6, 5), {}), "qr-tall": ((2, 40, 6), {}), "qr-wide": ((2, 6, 40), {}),
+         "blocked": ((2, 66, 65), {}), "randomized": ((2, 90, 70), {"rank": 3})}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+@pytest.mark.parametrize("magnitude", ["subnormal", "near_max"])
+@pytest.mark.parametrize("path", PATHS.keys())
+def test_whole_finite_range(device, dtype, magnitude, path):
+    # Subnormal matrices once came back all-NaN (the rescale factor 2^-e overflowed) and
+    # made the blocked path raise for the whole batch; entries near the largest float came
+    # back NaN on the QR-preconditioned and randomized paths (unscaled QR and GEMMs).
+    shape, kwargs = PATHS[path]
+    finfo = torch.finfo(dtype)
+    unit = _matrices(shape, torch.float64, "cpu", seed=3).clamp(-3, 3) / 3  # |unit| <= 1
+    peak = finfo.tiny * 2**-10 if magnitude == "subnormal" else finfo.max * 0.9
+    x = (unit * peak).to(dtype)  # float64 holds float32's range; for float64, peak * unit is exact enough
+    if magnitude == "subnormal":
+        assert x.abs().max() < finfo.tiny
+    e = -torch.frexp(x.abs().max().double()).exponent.item()
+    scaled = _times_power_of_two(x.double(), e)  # exact: a normal float64 matrix with max in [0.5, 1)
+    for tau in (0.0, 0.3):
+        # tau as the op sees it (rounded to x's dtype), then the same in the rescaled problem.
+        tau_x = torch.tensor(_times_power_of_two(torch.tensor(tau, dtype=torch.float64), -e).item(), dtype=dtype).item()
+        gen = torch.Generator(device=device).manual_seed(0) if "rank" in kwargs else None
+        out = ops.svt(x.to(device), tau_x, generator=gen, **kwargs)
+        assert torch.isfinite(out).all()
+        expected = reference.svt(scaled, _times_power_of_two(torch.tensor(tau_x, dtype=torch.float64), e).item())
+        got = _times_power_of_two(out.double().cpu(), e)
+        # A subnormal float32 result is quantised to 2^-149, ~1e-4 of these entries.
+        tol = {torch.float32: 1e-5, torch.float64: 1e-10}[dtype] if magnitude == "near_max" else {torch.float32: 2e-3, torch.float64: 1e-9}[dtype]
+        if "rank" in kwargs:
+            tol = max(tol, 1e-4 if dtype == torch.float32 else 1e-9)  # a rank-3 sketch of a full-rank matrix grows to exact
+        assert _err(got, expected) < tol, (tau, _err(got, expected))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_subnormal_matrix_does_not_fail_its_batch(device):
+    # oneMKL's SLASCL once rejected the whole batch (the blocked path) for one subnormal matrix.
+    x = _matrices((2, 65, 65), torch.float32, device, seed=2)
+    tiny = x[1] * 1e-41 / x[1].abs().max()
+    batch = torch.stack([x[0], tiny])
+    out = ops.svt(batch, 0.0)
+    torch.testing.assert_close(out[0], ops.svt(x[0], 0.0), rtol=0, atol=0)
+    assert torch.isfinite(out[1]).all()
+    assert (out[1] - tiny).abs().max() <= 64 * 2**-149
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+@pytest.mark.parametrize("shape,kwargs", [((3, 6, 5), {}), ((2, 66, 65), {}), ((2, 40, 6), {}), ((2, 90, 70), {"rank": 3})], ids=str)
+def test_threshold_beyond_the_dtype_acts_as_inf(device, dtype, shape, kwargs):
+    # svt(x_f32, 1e39) once raised "value cannot be converted to type float without overflow".
+    x = _matrices(shape, dtype, device)
+    for tau in (1e39, float("inf")):
+        out = ops.svt(x, tau, **kwargs)
+        assert torch.equal(out, torch.zeros_like(x)), tau
+        torch.testing.assert_close(out, reference.svt(x, tau), rtol=0, atol=0)
+    assert torch.equal(ops.svt(x, torch.full(shape[:-2], 1e39, dtype=torch.float64, device=device), **kwargs), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_huge_rank_and_oversample_mean_the_whole_matrix(device):
+    # rank + oversample once overflowed int64 and failed inside torch.
+    x = _matrices((2, 30, 20), torch.float64, device)
+    exact = ops.svt(x, 0.5)
+    for rank, oversample in ((2**62, 2**62), (2**63 - 1, 10), (5, 2**63 - 1)):
+        torch.testing.assert_close(ops.svt(x, 0.5, rank=rank, oversample=oversample), exact, rtol=0, atol=1e-12)

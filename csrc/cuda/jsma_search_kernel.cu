@@ -152,14 +152,15 @@ cudaError_t launch_jsma_saliency_search(ScalarKind kind, const JsmaSearchParams&
                                         int64_t* q_out, bool* found, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
   const unsigned blocks =
-      static_cast<unsigned>(p.batch < (int64_t{1} << 20) ? p.batch : (int64_t{1} << 20));
+      static_cast<unsigned>(p.batch < max_grid_blocks() ? p.batch : max_grid_blocks());
   auto launch = [&](auto tag) {
     using T = decltype(tag);
     T* ws = static_cast<T*>(workspace);
     const int64_t plane = p.batch * p.n;
-    jsma_search_rows<T><<<blocks, kThreads, 0, stream>>>(
-        p, static_cast<const T*>(grad_class), static_cast<const T*>(grad_others), domain, ws,
-        ws + plane, ws + 2 * plane, p_out, q_out, found);
+    launch_kernel<jsma_search_rows<T>>(
+        blocks, kThreads, 0, stream, p, static_cast<const T*>(grad_class),
+        static_cast<const T*>(grad_others), domain, ws, ws + plane, ws + 2 * plane, p_out, q_out,
+        found);
     return cudaGetLastError();
   };
   switch (kind) {

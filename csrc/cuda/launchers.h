@@ -3,7 +3,11 @@
 // guard and the stream). Keeping ATen out of the .cu files keeps nvcc fast.
 #pragma once
 
+#if defined(PGSL_CUDA_EMULATION)
+#include "pgsl_cuda_emulator.h"
+#else
 #include <cuda_runtime_api.h>
+#endif
 
 #include "pgsl/jsma.h"
 #include "pgsl/macros.h"

@@ -114,11 +114,13 @@ cudaError_t launch_pixel_unshuffle_concat(ScalarKind kind, const UnshuffleParams
     using T = decltype(tag);
     const unsigned grid = blocks_for(work, kThreads);
     if (fits_int32(p))
-      unshuffle_forward<T, int32_t><<<grid, kThreads, 0, stream>>>(
-          p, static_cast<const T*>(x), static_cast<const T*>(saliency), static_cast<T*>(out));
+      launch_kernel<unshuffle_forward<T, int32_t>>(grid, kThreads, 0, stream, p,
+                                                static_cast<const T*>(x),
+                                                static_cast<const T*>(saliency), static_cast<T*>(out));
     else
-      unshuffle_forward<T, int64_t><<<grid, kThreads, 0, stream>>>(
-          p, static_cast<const T*>(x), static_cast<const T*>(saliency), static_cast<T*>(out));
+      launch_kernel<unshuffle_forward<T, int64_t>>(grid, kThreads, 0, stream, p,
+                                                static_cast<const T*>(x),
+                                                static_cast<const T*>(saliency), static_cast<T*>(out));
     return cudaGetLastError();
   });
 }
@@ -132,13 +134,13 @@ cudaError_t launch_pixel_unshuffle_concat_backward(ScalarKind kind, const Unshuf
     using T = decltype(tag);
     const unsigned grid = blocks_for(work, kThreads);
     if (fits_int32(p))
-      unshuffle_backward<T, int32_t><<<grid, kThreads, 0, stream>>>(
-          p, static_cast<const T*>(grad_out), static_cast<const T*>(saliency),
-          static_cast<T*>(grad_x), static_cast<T*>(grad_s));
+      launch_kernel<unshuffle_backward<T, int32_t>>(
+          grid, kThreads, 0, stream, p, static_cast<const T*>(grad_out),
+          static_cast<const T*>(saliency), static_cast<T*>(grad_x), static_cast<T*>(grad_s));
     else
-      unshuffle_backward<T, int64_t><<<grid, kThreads, 0, stream>>>(
-          p, static_cast<const T*>(grad_out), static_cast<const T*>(saliency),
-          static_cast<T*>(grad_x), static_cast<T*>(grad_s));
+      launch_kernel<unshuffle_backward<T, int64_t>>(
+          grid, kThreads, 0, stream, p, static_cast<const T*>(grad_out),
+          static_cast<const T*>(saliency), static_cast<T*>(grad_x), static_cast<T*>(grad_s));
     return cudaGetLastError();
   });
 }

@@ -67,16 +67,17 @@ cudaError_t launch_soft_threshold(ScalarKind kind, const ElementwiseParams& p, v
                          (reinterpret_cast<uintptr_t>(x) % 16 == 0);
     if (p.contiguous && tau == nullptr && aligned) {
       constexpr int N = 16 / sizeof(T);
-      shrink_dense<T><<<blocks_for((p.numel + N - 1) / N, kThreads), kThreads, 0, stream>>>(
-          static_cast<T*>(out), static_cast<const T*>(x), static_cast<Acc>(tau_value), p.numel);
+      launch_kernel<shrink_dense<T>>(blocks_for((p.numel + N - 1) / N, kThreads), kThreads, 0,
+                                     stream, static_cast<T*>(out), static_cast<const T*>(x),
+                                     static_cast<Acc>(tau_value), p.numel);
     } else if (p.index32) {
-      shrink_strided<T, int32_t><<<blocks, kThreads, 0, stream>>>(
-          p, static_cast<T*>(out), static_cast<const T*>(x), static_cast<const T*>(tau),
-          static_cast<Acc>(tau_value));
+      launch_kernel<shrink_strided<T, int32_t>>(
+          blocks, kThreads, 0, stream, p, static_cast<T*>(out), static_cast<const T*>(x),
+          static_cast<const T*>(tau), static_cast<Acc>(tau_value));
     } else {
-      shrink_strided<T, int64_t><<<blocks, kThreads, 0, stream>>>(
-          p, static_cast<T*>(out), static_cast<const T*>(x), static_cast<const T*>(tau),
-          static_cast<Acc>(tau_value));
+      launch_kernel<shrink_strided<T, int64_t>>(
+          blocks, kThreads, 0, stream, p, static_cast<T*>(out), static_cast<const T*>(x),
+          static_cast<const T*>(tau), static_cast<Acc>(tau_value));
     }
     return cudaGetLastError();
   });

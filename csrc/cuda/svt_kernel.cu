@@ -18,13 +18,14 @@ __global__ void small_svt_kernel(SmallBatchGeometry g, const T* __restrict__ x,
                                  const T* __restrict__ tau, T* __restrict__ out, int* kept,
                                  T* workspace) {
   const int64_t M = g.rows(), N = g.cols();
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= g.batch) return;
-  T* A = workspace + i * (M * N + N * N);
-  T* V = A + M * N;
-  auto load = [&](int, int64_t r, int64_t c) { return x[g.in_offset(i, r, c)]; };
-  auto store = [&](int, int64_t r, int64_t c, T v) { out[g.out_offset(i, r, c)] = v; };
-  svt_group<T, 1>(M, N, load, store, tau + i, A, V, kept + i, kJacobiMaxSweeps);
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;  // the grid is capped (blocks_for)
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < g.batch; i += step) {
+    T* A = workspace + i * (M * N + N * N);
+    T* V = A + M * N;
+    auto load = [&](int, int64_t r, int64_t c) { return x[g.in_offset(i, r, c)]; };
+    auto store = [&](int, int64_t r, int64_t c, T v) { out[g.out_offset(i, r, c)] = v; };
+    svt_group<T, 1>(M, N, load, store, tau + i, A, V, kept + i, kJacobiMaxSweeps);
+  }
 }
 
 template <typename T>
@@ -33,25 +34,26 @@ __global__ void small_rpca_kernel(SmallBatchGeometry g, const T* __restrict__ x,
                                   T* __restrict__ low_rank, T* __restrict__ sparse,
                                   int64_t* iterations, bool* converged, T* workspace) {
   const int64_t M = g.rows(), N = g.cols();
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= g.batch) return;
-  RpcaLanes<T, 1> s;
-  s.bind(workspace + i * RpcaLanes<T, 1>::workspace(M, N), M, N);
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;  // the grid is capped (blocks_for)
   const T* init = static_cast<const T*>(o.init);
-  rpca_load_lane<T, 1>(
-      s, 0, M, N, [&](int64_t r, int64_t c) { return x[g.in_offset(i, r, c)]; },
-      [&](int64_t r, int64_t c) { return init[o.init_geometry.in_offset(i, r, c)]; }, init != nullptr,
-      mu0[i], false);
-  bool done = false, ok = false;
-  while (!done)
-    rpca_step<T, 1>(o.method, s, M, N, static_cast<T>(o.lam), o.continuation, static_cast<T>(o.tol),
-                    o.max_iter, kJacobiMaxSweeps, &done, &ok);
-  rpca_store_lane<T, 1>(s, 0, M, N, [&](int64_t r, int64_t c, T low, T sp) {
-    low_rank[g.out_offset(i, r, c)] = low;
-    sparse[g.out_offset(i, r, c)] = sp;
-  });
-  iterations[i] = s.finite[0] ? s.iter[0] : 0;
-  converged[i] = ok && s.finite[0];
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < g.batch; i += step) {
+    RpcaLanes<T, 1> s;
+    s.bind(workspace + i * RpcaLanes<T, 1>::workspace(M, N), M, N);
+    rpca_load_lane<T, 1>(
+        s, 0, M, N, [&](int64_t r, int64_t c) { return x[g.in_offset(i, r, c)]; },
+        [&](int64_t r, int64_t c) { return init[o.init_geometry.in_offset(i, r, c)]; },
+        init != nullptr, mu0[i], false);
+    bool done = false, ok = false;
+    while (!done)
+      rpca_step<T, 1>(o.method, s, M, N, static_cast<T>(o.lam), o.continuation,
+                      static_cast<T>(o.tol), o.max_iter, kJacobiMaxSweeps, &done, &ok);
+    rpca_store_lane<T, 1>(s, 0, M, N, [&](int64_t r, int64_t c, T low, T sp) {
+      low_rank[g.out_offset(i, r, c)] = low;
+      sparse[g.out_offset(i, r, c)] = sp;
+    });
+    iterations[i] = s.finite[0] ? s.iter[0] : 0;
+    converged[i] = ok && s.finite[0];
+  }
 }
 
 template <typename F>
@@ -77,9 +79,9 @@ cudaError_t launch_small_svt(ScalarKind kind, const SmallBatchGeometry& g, const
   if (g.batch == 0) return cudaSuccess;
   return dispatch_real(kind, [&](auto tag) {
     using T = decltype(tag);
-    small_svt_kernel<T><<<blocks_for(g.batch, kThreads), kThreads, 0, stream>>>(
-        g, static_cast<const T*>(x), static_cast<const T*>(tau), static_cast<T*>(out), kept,
-        static_cast<T*>(workspace));
+    launch_kernel<small_svt_kernel<T>>(blocks_for(g.batch, kThreads), kThreads, 0, stream, g,
+                                       static_cast<const T*>(x), static_cast<const T*>(tau),
+                                       static_cast<T*>(out), kept, static_cast<T*>(workspace));
     return cudaGetLastError();
   });
 }
@@ -91,9 +93,10 @@ cudaError_t launch_small_rpca(ScalarKind kind, const SmallBatchGeometry& g, cons
   if (g.batch == 0) return cudaSuccess;
   return dispatch_real(kind, [&](auto tag) {
     using T = decltype(tag);
-    small_rpca_kernel<T><<<blocks_for(g.batch, kThreads), kThreads, 0, stream>>>(
-        g, static_cast<const T*>(x), static_cast<const T*>(mu0), options, static_cast<T*>(low_rank),
-        static_cast<T*>(sparse), iterations, converged, static_cast<T*>(workspace));
+    launch_kernel<small_rpca_kernel<T>>(
+        blocks_for(g.batch, kThreads), kThreads, 0, stream, g, static_cast<const T*>(x),
+        static_cast<const T*>(mu0), options, static_cast<T*>(low_rank), static_cast<T*>(sparse),
+        iterations, converged, static_cast<T*>(workspace));
     return cudaGetLastError();
   });
 }

@@ -158,20 +158,29 @@ class DistributedLink(Link):
             raise PeerError(f"{role(peer)} is gone ({what}): {reason}")
 
     # -- messages
+    @staticmethod
+    def _start(op, tensor: Tensor, peer: int, what: str):
+        """Post a send or receive; a connection the peer already broke fails here, not in wait."""
+        try:
+            return op(tensor, peer)
+        except Exception as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise PeerError(f"{role(peer)} is gone ({what}): {reason}") from None
+
     def send(self, dst: int, kind: str, tensors: Sequence[Tensor] = ()) -> None:
         shapes: List[int] = []
         for t in tensors:
             shapes += [_DTYPES.index(t.dtype), t.dim(), *t.shape]
         header = torch.tensor([KINDS.index(kind), len(tensors), len(shapes)], dtype=torch.int64)
         payload = [header, torch.tensor(shapes, dtype=torch.int64)] + [t.detach().contiguous() for t in tensors]
-        works = [dist.isend(p.to(self.device), dst) for p in payload if p.numel()]
+        works = [self._start(dist.isend, p.to(self.device), dst, f"it to receive '{kind}'") for p in payload if p.numel()]
         for w in works:
             self._wait(w, dst, f"it to receive '{kind}'")
 
     def _recv_one(self, shape, dtype, src: int, what: str) -> Tensor:
         t = torch.empty(shape, dtype=dtype, device=self.device)
         if t.numel():
-            self._wait(dist.irecv(t, src), src, what)
+            self._wait(self._start(dist.irecv, t, src, what), src, what)
         return t
 
     def recv(self, src: int) -> Tuple[str, List[Tensor]]:

@@ -412,7 +412,14 @@ void svt_scalars_tests() {
     EXPECT(scaled >= 0.5 && scaled < 1.0);
   }
   EXPECT_EQ(pgsl::exact_scale_for<float>(0.0f), 1.0f);
-  EXPECT_EQ(pgsl::exact_scale_for<float>(3e38f) * 3e38f < 1.0f, true);
+  // The scale stays a normal number: the top binade lands in [2, 4), subnormals in [2^-22, 1).
+  EXPECT_EQ(pgsl::exact_scale_for<float>(3e38f) * 3e38f < 4.0f, true);
+  EXPECT_EQ(pgsl::exact_scale_for<float>(3e38f) >= std::numeric_limits<float>::min(), true);
+  for (float v : {1e-45f, 1e-41f, 1e-39f}) {
+    const float scale = pgsl::exact_scale_for<float>(v);
+    EXPECT(std::isfinite(scale) && v * scale >= 0x1p-22f && v * scale < 1.0f);
+  }
+  EXPECT(std::isfinite(pgsl::exact_scale_for<double>(4.9e-324)));
 }
 
 // svt of U diag(s) V^T with known U, V: the result must be U diag(max(s - tau, 0)) V^T.

@@ -37,8 +37,9 @@
 // overflows fall back to the bound-pruned search.
 //
 // Every add and multiply goes through pair_add / pair_mul, which use the
-// explicitly rounded intrinsics on the device: nvcc can never contract them into
-// an FMA, and the host and device round the same way.
+// explicitly rounded intrinsics on the device (and in the CUDA emulator, which
+// runs the device code): nvcc can never contract them into an FMA, and the host
+// and device round the same way.
 #pragma once
 
 #include <cmath>
@@ -51,7 +52,7 @@ namespace pgsl {
 
 template <typename T>
 PGSL_HOST_DEVICE T pair_add(T a, T b) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) || defined(PGSL_CUDA_EMULATION)
   if constexpr (sizeof(T) == 4) return __fadd_rn(a, b);
   else return __dadd_rn(a, b);
 #else
@@ -61,7 +62,7 @@ PGSL_HOST_DEVICE T pair_add(T a, T b) {
 
 template <typename T>
 PGSL_HOST_DEVICE T pair_mul(T a, T b) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) || defined(PGSL_CUDA_EMULATION)
   if constexpr (sizeof(T) == 4) return __fmul_rn(a, b);
   else return __dmul_rn(a, b);
 #else

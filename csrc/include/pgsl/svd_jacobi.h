@@ -62,14 +62,27 @@ PGSL_HOST_DEVICE T svt_shrink_factor(T sigma, T tau) {
   return sigma > tau ? (sigma - tau) / sigma : T(0);
 }
 
+// The exponents of the smallest and largest normal powers of two.
+template <typename T> struct NormalExponents;
+template <> struct NormalExponents<float> { static constexpr int min = -126, max = 127; };
+template <> struct NormalExponents<double> { static constexpr int min = -1022, max = 1023; };
+
 // A power of two that brings max|a| into [0.5, 1): scaling by it is exact, and
-// squares of the scaled entries neither overflow nor underflow.
+// squares of the scaled entries neither overflow nor underflow. The power is
+// kept normal (2^-e itself overflows when max|a| is subnormal, and a
+// subnormal scale is flushed where denormals are off), so a subnormal max|a|
+// lands in [2^-22, 1) (float; [2^-51, 1) double) and the top binade of the
+// format in [2, 4): still far from overflow and underflow for the sums of at
+// most 64 x 64 squares.
 template <typename T>
 PGSL_HOST_DEVICE T exact_scale_for(T max_abs) {
   if (!(max_abs > T(0))) return T(1);
   int e = 0;
   (void)std::frexp(max_abs, &e);
-  return std::ldexp(T(1), -e);
+  const int power = -e < NormalExponents<T>::min ? NormalExponents<T>::min
+                    : -e > NormalExponents<T>::max ? NormalExponents<T>::max
+                                                   : -e;
+  return std::ldexp(T(1), power);
 }
 
 // [a_i, a_j] <- [a_i, a_j] [[c, s], [-s, c]] for `rows` rows of each lane.

@@ -91,7 +91,7 @@ def evaluate(
     out: str,
     evaluations: Sequence[str] = EVALUATIONS,
     images: int = 64,
-    robust_images: int = 100,
+    robust_images: int = 50,
     full: bool = False,
     seed: int = 0,
     progress: bool = True,
@@ -369,7 +369,7 @@ def add_parser(sub) -> None:
     p.add_argument("--attacks", default=",".join(EVALUATIONS), help="comma-separated subset of " + ", ".join(EVALUATIONS))
     p.add_argument("--out", default=None, help="report folder (default: RUN/evaluation, or runs/compare)")
     p.add_argument("--images", type=int, default=64, help="reconstruction targets per attack")
-    p.add_argument("--robust-images", type=int, default=100, help="test images attacked for accuracy under attack")
+    p.add_argument("--robust-images", type=int, default=50, help="test images attacked for accuracy under attack")
     p.add_argument("--full", action="store_true", help="the full protocol's attack settings (many more iterations; hours on a CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

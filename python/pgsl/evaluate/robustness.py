@@ -1,0 +1,420 @@
+"""Accuracy under adversarial attack: JSMA, Carlini-Wagner L2, BIM and FGSM on test images.
+
+Two settings per attack:
+
+- ``transfer``: the adversarial images are crafted once against the undefended model (a ``pgsl
+  train --defense none`` run, client and server together) and then classified by every run.
+- ``adaptive``: crafted against each run itself, end to end from the image to its decision. The
+  parts without a gradient are taken as the identity on the backward pass (BPDA, Athalye et al.
+  2018): the client's own JSMA step and the server's rpca. For the undefended run both settings
+  are the same attack.
+
+The attacked decision is the run's final output: the fusion-weighted average of the streams'
+softmax scores (pgsl), the single stream's logits (baselines). CW, BIM and FGSM come from
+torchattacks through :class:`RunModel`; JSMA is ours (:func:`pgsl_ext.attacks.jsma`). Every
+adversarial image is then classified by the run's real inference pipeline (the client's JSMA
+with its surrogate's predicted label, rpca to the trained iteration cap) and each stream's
+accuracy is reported next to the fused decision's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import numbers
+import time
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from tqdm.auto import tqdm
+
+import pgsl_ext.attacks
+
+from ..data import Split
+from ..train import TrainedRun
+
+__all__ = ["ATTACKS", "DEFAULT_SETTINGS", "FULL_SETTINGS", "DEFAULT_IMAGES", "RunModel", "craft", "evaluate_robustness"]
+
+ATTACKS = ("jsma", "cw", "bim", "fgsm")
+
+# Sized for pgsl + none on DEFAULT_IMAGES test images in about 10 minutes on an idle 2-core CPU
+# (estimated: measured only on a heavily loaded one, see the report's seconds / cpu_seconds).
+# An adaptive pgsl step costs a whole pgsl forward pass (client JSMA, rpca, three streams), so
+# the step counts are small. eps = 0.3 is the usual L-inf budget for MNIST (Madry et al. 2018).
+DEFAULT_IMAGES = 50
+DEFAULT_SETTINGS: Dict[str, dict] = {
+    "jsma": {"theta": 1.0, "gamma": 0.1},
+    "cw": {"c": 1.0, "kappa": 0.0, "steps": 20, "lr": 0.05},
+    "bim": {"eps": 0.3, "alpha": 0.05, "steps": 10},
+    "fgsm": {"eps": 0.3},
+    "batch_size": 100,
+    # rpca's iteration cap in the forward passes of adaptive crafting (the attacker's own
+    # approximation: rpca is most of a pgsl forward pass); adversarial images are always
+    # classified with the run's own cap. None: the run's cap while crafting too.
+    "adaptive_rpca_iters": 20,
+}
+# The attacks as their authors ran them (CW: 1000 Adam steps at lr 0.01; BIM: Kurakin et al.'s
+# alpha = 1/255 with min(eps*255 + 4, 1.25 eps*255) steps); pass as ``settings`` with the whole
+# test set for the full protocol (hours on a CPU for pgsl's adaptive attacks).
+FULL_SETTINGS: Dict[str, dict] = {
+    "jsma": {"theta": 1.0, "gamma": 0.1},
+    "cw": {"c": 1.0, "kappa": 0.0, "steps": 1000, "lr": 0.01},
+    "bim": {"eps": 0.3, "alpha": 1 / 255, "steps": 80},
+    "fgsm": {"eps": 0.3},
+    "batch_size": 100,
+    "adaptive_rpca_iters": None,
+}
+
+_HOW = {
+    "jsma": "JSMA (Papernot et al. 2016; pgsl_ext.attacks.jsma), non-targeted against the true label: two pixels "
+    "per iteration move by theta, at most gamma of the pixels; the jacobian is that of the attacked output",
+    "cw": "Carlini-Wagner L2 (torchattacks.CW): Adam on tanh-space images for `steps` steps at `lr`, loss "
+    "||x'-x||^2 + c * max(z_y - max_{i!=y} z_i, -kappa) on the attacked output z (kappa: the confidence), "
+    "no binary search over c; keeps the closest misclassified iterate, else the clean image",
+    "bim": "BIM (Kurakin et al. 2017; torchattacks.BIM): `steps` signed-gradient steps of `alpha` on the "
+    "cross-entropy, projected to the L-inf ball of radius eps and to [0, 1]",
+    "fgsm": "FGSM (Goodfellow et al. 2015; torchattacks.FGSM): one signed-gradient step of eps on the "
+    "cross-entropy, clipped to [0, 1]",
+}
+_CHECKS = {
+    "theta": lambda v: math.isfinite(v) and v != 0,
+    "gamma": lambda v: 0 < v <= 1,
+    "c": lambda v: math.isfinite(v) and v > 0,
+    "kappa": lambda v: math.isfinite(v) and v >= 0,
+    "steps": lambda v: float(v).is_integer() and v >= 1,
+    "lr": lambda v: math.isfinite(v) and v > 0,
+    "eps": lambda v: math.isfinite(v) and v > 0,
+    "alpha": lambda v: math.isfinite(v) and v > 0,
+    "batch_size": lambda v: float(v).is_integer() and v >= 1,
+}
+
+
+class RunModel(nn.Module):
+    """A trained run as a module from images ``(B, C, H, W)`` in [0, 1] to ``(B, K)`` scores, for
+    attack libraries.
+
+    ``output``: a stream name (its logits) or ``"fused"`` (the log of the fused probabilities,
+    whose arg-max is the run's decision and whose cross-entropy is the decision's); ``None``
+    means the decision: the logits of a single-stream run, else ``"fused"``. ``bpda``: gradients
+    through the client's JSMA and rpca taken as the identity (the forward values are the real
+    pipeline's either way). The run's networks are submodules, so ``eval()`` and
+    ``parameters()`` reach them.
+    """
+
+    def __init__(self, run: TrainedRun, output: Optional[str] = None, *, bpda: bool = True):
+        super().__init__()
+        if not isinstance(run, TrainedRun):
+            raise TypeError(f"RunModel: expected `run` to be a pgsl.train.TrainedRun, got {type(run).__name__}")
+        streams = tuple(run.streams)
+        if output is None:
+            output = streams[0] if len(streams) == 1 else "fused"
+        if output != "fused" and output not in streams:
+            raise ValueError(f"RunModel: expected `output` to be 'fused' or one of {streams}, got {output!r}")
+        self.run, self.output, self.bpda = run, output, bpda
+        self.client_net, self.server_net = run.client.net, run.server.net
+        self.surrogate = run.client.surrogate
+        self.train(run.server.net.training)  # a new Module says training=True; keep the run's mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.run.logits(x, bpda=self.bpda)
+        if self.output != "fused":
+            return logits[self.output]
+        probs = self.run.fused_probs(logits)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode with parameter gradients off (CW's ``backward`` would otherwise
+    fill the run's ``.grad``), restored on exit."""
+    params = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    for p, _ in params:
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        yield model
+    finally:
+        for p, flag in params:
+            p.requires_grad_(flag)
+        for m, flag in modes:
+            m.training = flag
+
+
+def craft(model: RunModel, attack: str, x: Tensor, y: Tensor, params: Mapping[str, float]) -> Tensor:
+    """Adversarial versions of images ``x`` (labels ``y``) against ``model`` by ``attack`` with
+    ``params`` (the keys of :data:`DEFAULT_SETTINGS`\\ [attack])."""
+    with _frozen(model):
+        if attack == "jsma":
+            return pgsl_ext.attacks.jsma(model, x, y, theta=float(params["theta"]), gamma=float(params["gamma"])).adversarial
+        import torchattacks
+
+        if attack == "cw":
+            atk = torchattacks.CW(model, c=params["c"], kappa=params["kappa"], steps=int(params["steps"]), lr=params["lr"])
+        elif attack == "bim":
+            atk = torchattacks.BIM(model, eps=params["eps"], alpha=params["alpha"], steps=int(params["steps"]))
+        elif attack == "fgsm":
+            atk = torchattacks.FGSM(model, eps=params["eps"])
+        else:
+            raise ValueError(f"craft: expected `attack` in {ATTACKS}, got {attack!r}")
+        return atk(x, y).detach()
+
+
+@torch.no_grad()
+def _predictions(run: TrainedRun, x: Tensor, batch_size: int) -> Dict[str, Tensor]:
+    """Each stream's and the fused decision's predicted classes, by the run's inference pipeline."""
+    out: Dict[str, List[Tensor]] = {}
+    for xb in x.split(batch_size):
+        logits = run.logits(xb)
+        for name, z in logits.items():
+            out.setdefault(name, []).append(z.argmax(1))
+        out.setdefault("fused", []).append(run.fused_probs(logits).argmax(1))
+    return {name: torch.cat(p) for name, p in out.items()}
+
+
+def _accuracies(run: TrainedRun, x: Tensor, y: Tensor, batch_size: int) -> Dict[str, float]:
+    return {name: float((p == y).double().mean()) for name, p in _predictions(run, x, batch_size).items()}
+
+
+def _settings(settings: Optional[Mapping]) -> Dict[str, dict]:
+    merged = copy.deepcopy(DEFAULT_SETTINGS)
+    if settings is None:
+        return merged
+    if not isinstance(settings, Mapping):
+        raise TypeError(f"evaluate_robustness: expected `settings` to be a dict or None, got {type(settings).__name__}")
+    for key, value in settings.items():
+        if key in ("batch_size", "adaptive_rpca_iters"):
+            if value is None and key == "adaptive_rpca_iters":
+                merged[key] = None
+                continue
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and _CHECKS["batch_size"](value)
+            if not ok:
+                raise ValueError(f"evaluate_robustness: expected `settings[{key!r}]` to be an integer >= 1, got {value!r}")
+            merged[key] = int(value)
+            continue
+        if key not in ATTACKS:
+            raise ValueError(
+                f"evaluate_robustness: unknown key {key!r} in `settings` (expected {ATTACKS}, 'batch_size' or 'adaptive_rpca_iters')"
+            )
+        if not isinstance(value, Mapping):
+            raise TypeError(f"evaluate_robustness: expected `settings[{key!r}]` to be a dict, got {type(value).__name__}")
+        for name, v in value.items():
+            if name not in merged[key]:
+                raise ValueError(f"evaluate_robustness: unknown parameter {name!r} in `settings[{key!r}]` (expected one of {tuple(merged[key])})")
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not _CHECKS[name](v):
+                raise ValueError(f"evaluate_robustness: `settings[{key!r}][{name!r}]` = {v!r} is out of range")
+            merged[key][name] = int(v) if name == "steps" else float(v)
+    return merged
+
+
+def _check(runs, undefended, images, attacks) -> None:
+    op = "evaluate_robustness"
+    if not isinstance(runs, Mapping) or not runs:
+        raise ValueError(f"{op}: expected `runs` to be a non-empty dict of name -> TrainedRun, got {runs!r}")
+    for name, run in runs.items():
+        if not isinstance(run, TrainedRun):
+            raise TypeError(f"{op}: expected `runs[{name!r}]` to be a pgsl.train.TrainedRun, got {type(run).__name__}")
+    if undefended is not None:
+        if not isinstance(undefended, TrainedRun):
+            raise TypeError(f"{op}: expected `undefended` to be a pgsl.train.TrainedRun or None, got {type(undefended).__name__}")
+        if undefended.cfg.defense != "none":
+            raise ValueError(f"{op}: expected `undefended` to be a --defense none run, got a --defense {undefended.cfg.defense} run ({undefended.folder})")
+    if not isinstance(images, Split):
+        raise TypeError(f"{op}: expected `images` to be a pgsl.data.Split, got {type(images).__name__}")
+    x, y = images.x, images.y
+    if not x.is_floating_point() or x.dim() != 4 or len(x) == 0 or y.dtype != torch.int64 or tuple(y.shape) != (len(x),):
+        raise ValueError(
+            f"{op}: expected `images` with x a float (N, C, H, W) tensor, N >= 1, and y int64 (N,), got x {x.dtype} "
+            f"{tuple(x.shape)}, y {y.dtype} {tuple(y.shape)}"
+        )
+    if float(x.min()) < 0 or float(x.max()) > 1:
+        raise ValueError(f"{op}: expected `images.x` in [0, 1], got values in [{float(x.min()):g}, {float(x.max()):g}]")
+    for name, run in list(runs.items()) + ([("undefended", undefended)] if undefended is not None else []):
+        shape = tuple(run.dataset.image_shape)
+        if tuple(x.shape[1:]) != shape:
+            raise ValueError(f"{op}: `images` are {tuple(x.shape[1:])} but run {name!r} ({run.folder}) takes {shape}")
+        if int(y.max()) >= run.client.cfg.num_classes or int(y.min()) < 0:
+            raise ValueError(f"{op}: `images.y` has labels outside run {name!r}'s {run.client.cfg.num_classes} classes")
+    if isinstance(attacks, str) or not isinstance(attacks, Sequence) or not attacks:
+        raise ValueError(f"{op}: expected `attacks` to be a non-empty sequence drawn from {ATTACKS}, got {attacks!r}")
+    for a in attacks:
+        if a not in ATTACKS:
+            raise ValueError(f"{op}: unknown attack {a!r} in `attacks` (expected some of {ATTACKS})")
+    if len(set(attacks)) != len(attacks):
+        raise ValueError(f"{op}: `attacks` names an attack twice: {list(attacks)!r}")
+
+
+def _perturbation(x_adv: Tensor, x: Tensor) -> dict:
+    d = (x_adv - x).flatten(1).double()
+    return {
+        "linf_mean": float(d.abs().amax(1).mean()),
+        "l2_mean": float(d.norm(dim=1).mean()),
+        "l0_mean": float((d.abs() > 1e-6).double().sum(1).mean()),
+    }
+
+
+@contextlib.contextmanager
+def _rpca_cap(run: TrainedRun, iterations: Optional[int]) -> Iterator[None]:
+    """The run's server rpca capped at ``iterations`` (None: unchanged), restored on exit."""
+    saved = run.server.cfg.rpca_iters
+    if iterations is not None:
+        run.server.cfg.rpca_iters = min(saved, iterations)
+    try:
+        yield
+    finally:
+        run.server.cfg.rpca_iters = saved
+
+
+class _Timer:
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def _noise_seeded(runs: Sequence[TrainedRun], seed: int):
+    """Each run's activation-noise generator reseeded (``--defense noise``), restored on exit."""
+
+    @contextlib.contextmanager
+    def manager():
+        saved = [r.client.noise.get_state() for r in runs]
+        for r in runs:
+            r.client.noise.manual_seed(seed)
+        try:
+            yield
+        finally:
+            for r, state in zip(runs, saved):
+                r.client.noise.set_state(state)
+
+    return manager()
+
+
+def evaluate_robustness(
+    runs: Dict[str, TrainedRun],
+    *,
+    undefended: Optional[TrainedRun],
+    images: Split,
+    attacks: Sequence[str] = ATTACKS,
+    settings: Optional[Mapping] = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> dict:
+    """Accuracy of every run (each stream and the fused decision) on ``images``, clean and under
+    each of ``attacks``, transfer (crafted against ``undefended``; skipped when it is None) and
+    adaptive (against the run itself, BPDA through the client's JSMA and rpca).
+
+    Args:
+        runs: name -> restored run (:func:`pgsl.train.restore`).
+        undefended: a ``--defense none`` run, the transfer attacks' source model.
+        images: the test images (x in [0, 1], ``(N, C, H, W)``) with their labels; sized so the
+            defaults fit a CPU with :data:`DEFAULT_IMAGES`.
+        attacks: some of :data:`ATTACKS`.
+        settings: overrides of :data:`DEFAULT_SETTINGS`, e.g. ``{"fgsm": {"eps": 0.1}}`` or
+            :data:`FULL_SETTINGS`.
+        seed: seeds the global RNG and the runs' activation noise for the duration.
+
+    Returns:
+        dict (JSON-serialisable)::
+
+            {"images": N, "undefended": folder or None, "seed": seed, "batch_size": B,
+             "adaptive_rpca_iters": cap or None,
+             "attacks": {attack: {"how": text, "settings": {...}}}, "notes": [text, ...],
+             "seconds": wall, "cpu_seconds": cpu,
+             "results": {name: {"folder", "defense", "streams": [...],
+                             "clean": {stream: acc, ..., "fused": acc},
+                             "attacks": {attack: {setting: {"accuracy": {stream: acc, ..., "fused": acc},
+                                                            "source_accuracy": acc of the model attacked,
+                                                            "perturbation": {"linf_mean", "l2_mean", "l0_mean"},
+                                                            "seconds", "cpu_seconds"}}}}}}
+
+        ``setting`` is ``"transfer"`` or ``"adaptive"``; ``"fused"`` is the decision (for a
+        single-stream run, the same as its stream). ``source_accuracy`` is the fused accuracy of
+        the model the images were crafted against (the undefended one for transfer); crafting
+        time is counted once for transfer images, under the first run.
+    """
+    _check(runs, undefended, images, attacks)
+    cfg = _settings(settings)
+    batch = cfg["batch_size"]
+    x, y = images.x.float(), images.y
+    all_runs = list(runs.values()) + ([undefended] if undefended is not None else [])
+    for r in all_runs:
+        r.eval()
+    wall, cpu_start = time.perf_counter(), time.process_time()
+    steps = len(runs) * len(attacks) * ((undefended is not None) + 1)
+    bar = tqdm(total=steps * len(x), desc="accuracy under attack", unit="img", disable=not progress, dynamic_ncols=True)
+    report = {
+        "images": len(x),
+        "undefended": undefended.folder if undefended is not None else None,
+        "seed": seed,
+        "batch_size": batch,
+        "adaptive_rpca_iters": cfg["adaptive_rpca_iters"],
+        "attacks": {a: {"how": _HOW[a], "settings": cfg[a]} for a in attacks},
+        "notes": [],
+        "results": {},
+    }
+    report["notes"].append(
+        "adversarial images are classified by each run's inference pipeline: for pgsl the client first applies its "
+        "own JSMA against its surrogate with the surrogate's predicted label (it has no true label at inference), "
+        "then the server runs rpca and three streams; 'fused' is the fusion-weighted softmax average (the decision). "
+        "Adaptive attacks target the decision (log fused probabilities for pgsl) with the true labels; gradients pass "
+        "the client's JSMA and rpca as the identity (BPDA), rpca capped at adaptive_rpca_iters in those forward "
+        "passes. Transfer attacks are crafted against the undefended run's full model (client and server)."
+    )
+    report["notes"].append(
+        "Accuracies are fractions of the images; 'seconds' / 'cpu_seconds' per setting are the crafting time "
+        "(wall / process CPU, all threads), counted once for transfer images."
+    )
+    transfer_cache: Dict[str, tuple] = {}
+    with torch.random.fork_rng(devices=[]), _noise_seeded(all_runs, seed), bar:
+        torch.manual_seed(seed)
+        for name, run in runs.items():
+            entry = {
+                "folder": run.folder,
+                "defense": run.cfg.defense,
+                "streams": list(run.streams),
+                "clean": _accuracies(run, x, y, batch),
+                "attacks": {},
+            }
+            same_as_undefended = undefended is not None and (run is undefended or run.folder == undefended.folder)
+            for attack in attacks:
+                results = {}
+                sources = ([("transfer", undefended)] if undefended is not None else []) + [("adaptive", run)]
+                for setting, source in sources:
+                    bar.set_postfix_str(f"{name} {attack} {setting}")
+                    seconds = cpu = 0.0
+                    if setting == "transfer" and attack in transfer_cache:
+                        x_adv, source_accuracy = transfer_cache[attack]
+                    elif setting == "adaptive" and same_as_undefended and "transfer" in results:
+                        results["adaptive"] = dict(results["transfer"], note="the undefended run itself: the same images as transfer")
+                        bar.update(len(x))
+                        continue
+                    else:
+                        model = RunModel(source, bpda=True)
+                        with _Timer() as t, _rpca_cap(source, cfg["adaptive_rpca_iters"]):
+                            x_adv = torch.cat(
+                                [craft(model, attack, xb, yb, cfg[attack]) for xb, yb in zip(x.split(batch), y.split(batch))]
+                            )
+                        seconds, cpu = t.wall, t.cpu
+                        source_accuracy = None
+                    accuracy = _accuracies(run, x_adv, y, batch)
+                    if source_accuracy is None:
+                        source_accuracy = accuracy["fused"] if source is run else _accuracies(source, x_adv, y, batch)["fused"]
+                        if setting == "transfer":
+                            transfer_cache[attack] = (x_adv, source_accuracy)
+                    results[setting] = {
+                        "accuracy": accuracy,
+                        "source_accuracy": source_accuracy,
+                        "perturbation": _perturbation(x_adv, x),
+                        "seconds": seconds,
+                        "cpu_seconds": cpu,
+                    }
+                    bar.update(len(x))
+                entry["attacks"][attack] = results
+            report["results"][name] = entry
+    report["seconds"], report["cpu_seconds"] = time.perf_counter() - wall, time.process_time() - cpu_start
+    return report

@@ -1,0 +1,60 @@
+"""pgsl evaluate end to end on two tiny runs: the report's schema, its files, and bad arguments.
+(The attacks themselves are tested in test_pgsl_inversion.py and test_pgsl_robustness.py.)"""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from pgsl.cli import main
+from pgsl.evaluate import evaluate
+from pgsl.train import TrainConfig, TrainError, train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    common = dict(epochs=1, batch_size=32, train_subset=128, eval_subset=48, rpca_iters=5, surrogate_epochs=1, progress=False)
+    for defense in ("none", "pgsl"):
+        train(TrainConfig(defense=defense, out=str(root / defense), **common))
+    return root
+
+
+def test_report_schema(runs, tmp_path):
+    out = tmp_path / "report"
+    report = evaluate([str(runs / "none"), str(runs / "pgsl")], out=str(out), evaluations=["decoder", "fgsm", "musweep"],
+                      images=4, robust_images=4, progress=False)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert set(on_disk["runs"]) == {"none", "pgsl"}
+    for name in ("none", "pgsl"):
+        r = on_disk["privacy"][name]["decoder"]
+        for key in ("mse", "psnr", "ssim", "dcor", "classifier_accuracy"):
+            assert key in r["metrics_vs_clean"] and key in r["metrics_vs_encoded"]
+        assert r["how"] and "settings" in r and "reconstructions" not in r
+    rob = on_disk["robustness"]["results"]
+    assert set(rob["pgsl"]["clean"]) >= {"attacked", "fusion", "recovered", "fused"}
+    assert 0 <= rob["none"]["attacks"]["fgsm"]["transfer"]["accuracy"]["plain"] <= 1
+    assert len(on_disk["mu_sweep"]["images"]["mu"]) == 20 and len(on_disk["mu_sweep"]["activations"]["mse"]) == 20
+    assert on_disk["paper"]["table2_accuracy_percent"]["jsma"] == {"mias": 46.3, "mnist": 65.4}
+    md = (out / "report.md").read_text()
+    for heading in ("## Privacy: model inversion", "## Accuracy under attack", "## mu sweep", "## The paper's numbers beside ours"):
+        assert heading in md
+    for figure in ("reconstructions.png", "mu_sweep.png", "accuracy.png", "privacy_accuracy.png"):
+        assert (out / figure).stat().st_size > 1000, figure
+    assert report["seconds"] > 0
+
+
+def test_bad_arguments(runs, tmp_path, capsys):
+    with pytest.raises(TrainError, match="no such run folder"):
+        evaluate([str(tmp_path / "nowhere")], out=str(tmp_path / "o"))
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(runs / "none", incomplete)
+    os.remove(incomplete / "metrics.json")
+    assert main(["evaluate", "--run", str(incomplete), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"pgsl evaluate: error: --run {incomplete}: not a finished pgsl train folder (metrics.json is missing)"]
+    assert main(["evaluate", "--run", str(runs / "none"), "--attacks", "decoder,telepathy", "--out", str(tmp_path / "o")]) == 2
+    assert "--attacks: unknown telepathy" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate"])  # --run or --compare is required

@@ -1,0 +1,167 @@
+"""pgsl.evaluate.robustness and pgsl.evaluate.mu_sweep on tiny runs trained here."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pgsl.data import Split
+from pgsl.evaluate.mu_sweep import DEFAULT_MUS, sweep_mu
+from pgsl.evaluate.robustness import ATTACKS, RunModel, craft, evaluate_robustness
+from pgsl.train import TrainConfig, restore, train
+
+
+def _tiny_run(root, defense: str, **kwargs):
+    out = str(root / defense)
+    train(TrainConfig(defense=defense, epochs=1, batch_size=16, out=out, progress=False, **kwargs))
+    return restore(out)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("robustness")
+    # The undefended run must beat chance clearly (FGSM test); the pgsl run only has to exist.
+    return {
+        "none": _tiny_run(root, "none", train_subset=256, eval_subset=100),
+        "pgsl": _tiny_run(root, "pgsl", train_subset=64, eval_subset=20, rpca_iters=5, surrogate_epochs=1),
+    }
+
+
+def _images(run, n):
+    return run.dataset.test.subset(torch.arange(n))
+
+
+@pytest.mark.parametrize("defense", ["none", "pgsl"])
+@pytest.mark.parametrize("bpda", [False, True])
+def test_adapter_matches_the_runs_decision(runs, defense, bpda):
+    run = runs[defense]
+    images = _images(run, 20)
+    with torch.no_grad():
+        expected = run.fused_probs(run.logits(images.x))
+        got = RunModel(run, bpda=bpda)(images.x)
+    assert got.shape == expected.shape
+    if defense == "pgsl":  # log of the fused probabilities
+        torch.testing.assert_close(got.exp(), expected, rtol=1e-5, atol=1e-6)
+    else:  # the single stream's logits
+        torch.testing.assert_close(got.softmax(1), expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert not run.client.net.training and not run.server.net.training
+
+
+def test_bpda_gradients_are_finite_and_nonzero_through_pgsl(runs):
+    run = runs["pgsl"]
+    images = _images(run, 8)
+    for output in ("fused", *run.streams):
+        x = images.x.clone().requires_grad_(True)
+        loss = F.cross_entropy(RunModel(run, output, bpda=True)(x), images.y)
+        (grad,) = torch.autograd.grad(loss, x)
+        assert torch.isfinite(grad).all(), output
+        assert grad.abs().sum() > 0, output
+    # the recovered stream sees the image only through rpca: BPDA is what gives it a gradient
+    x = images.x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(run.logits(x)["recovered"].sum(), x, allow_unused=True)
+    assert grad is None
+
+
+def test_fgsm_at_a_large_eps_lowers_the_undefended_accuracy(runs):
+    run = runs["none"]
+    images = _images(run, 100)
+    model = RunModel(run)
+    with torch.no_grad():
+        clean = float((model(images.x).argmax(1) == images.y).double().mean())
+    adv = craft(model, "fgsm", images.x, images.y, {"eps": 0.3})
+    assert (adv - images.x).abs().max() <= 0.3 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        attacked = float((model(adv).argmax(1) == images.y).double().mean())
+    assert clean > 0.25, "the tiny undefended run should be clearly better than chance"
+    assert attacked < clean / 2
+    assert all(p.grad is None for p in model.parameters()), "crafting must leave no parameter gradients"
+
+
+def test_evaluate_robustness_report(runs):
+    images = _images(runs["none"], 8)
+    settings = {
+        "jsma": {"gamma": 0.02},
+        "cw": {"steps": 3},
+        "bim": {"steps": 2, "eps": 0.2, "alpha": 0.1},
+        "fgsm": {"eps": 0.2},
+        "batch_size": 8,
+    }
+    report = evaluate_robustness(runs, undefended=runs["none"], images=images, settings=settings, progress=False)
+    assert runs["pgsl"].server.cfg.rpca_iters == 5, "the crafting cap (adaptive_rpca_iters) is restored"
+    json.dumps(report)
+    assert report["images"] == 8 and list(report["attacks"]) == list(ATTACKS) and report["batch_size"] == 8
+    assert report["attacks"]["bim"]["settings"] == {"eps": 0.2, "alpha": 0.1, "steps": 2}
+    assert report["attacks"]["cw"]["settings"]["kappa"] == 0.0  # defaults kept where not overridden
+    assert all(report["attacks"][a]["how"] for a in ATTACKS) and report["notes"]
+    assert set(report["results"]) == set(runs)
+    for name, entry in report["results"].items():
+        keys = {*runs[name].streams, "fused"}
+        assert set(entry["clean"]) == keys
+        for attack in ATTACKS:
+            for setting in ("transfer", "adaptive"):
+                result = entry["attacks"][attack][setting]
+                assert set(result["accuracy"]) == keys
+                assert all(0 <= a <= 1 for a in result["accuracy"].values())
+                assert 0 <= result["source_accuracy"] <= 1
+    fgsm = report["results"]["none"]["attacks"]["fgsm"]
+    assert fgsm["adaptive"]["accuracy"] == fgsm["transfer"]["accuracy"]  # the same model
+    assert report["results"]["pgsl"]["attacks"]["fgsm"]["transfer"]["source_accuracy"] == fgsm["transfer"]["accuracy"]["fused"]
+    assert fgsm["transfer"]["perturbation"]["linf_mean"] == pytest.approx(0.2, abs=1e-5)
+
+
+def test_sweep_mu_table_and_argmin(runs):
+    run = runs["pgsl"]
+    result = sweep_mu(run, _images(run, 5), progress=False, max_iter=15, max_images=3)
+    json.dumps(result)
+    assert result["num_images"] == 3
+    assert result["mus"] == pytest.approx([0.05 * k for k in range(1, 21)]) and len(DEFAULT_MUS) == 20
+    for setting in ("images", "activations"):
+        table = result[setting]
+        assert table["mu"] == result["mus"] and len(table["mse"]) == 20
+        best = min(range(20), key=lambda i: table["mse"][i])
+        assert table["best_mu"] == table["mu"][best] and table["best_mse"] == min(table["mse"])
+        assert all(m >= 0 for m in table["mse"]) and all(0 < i <= 15 for i in table["mean_iterations"])
+    assert result["activations"]["matrices_per_image"] == 64 and result["images"]["matrix_shape"] == [28, 28]
+
+
+def test_bad_arguments_name_the_argument(runs):
+    none, pgsl = runs["none"], runs["pgsl"]
+    images = _images(none, 4)
+
+    def robustness(**kwargs):
+        args = dict(runs={"none": none}, undefended=none, images=images, progress=False)
+        args.update(kwargs)
+        return evaluate_robustness(**args)
+
+    with pytest.raises(ValueError, match="`runs`"):
+        robustness(runs={})
+    with pytest.raises(TypeError, match="`runs\\['x'\\]`"):
+        robustness(runs={"x": "folder"})
+    with pytest.raises(ValueError, match="`undefended`"):
+        robustness(undefended=pgsl)
+    with pytest.raises(ValueError, match="`attacks`"):
+        robustness(attacks=("fgsm", "pgd"))
+    with pytest.raises(ValueError, match="`attacks`"):
+        robustness(attacks="fgsm")
+    with pytest.raises(ValueError, match="`settings\\['fgsm'\\]\\['eps'\\]`"):
+        robustness(settings={"fgsm": {"eps": -1}})
+    with pytest.raises(ValueError, match="`settings\\['bim'\\]`"):
+        robustness(settings={"bim": {"epsilon": 0.1}})
+    with pytest.raises(ValueError, match="`images`"):
+        robustness(images=Split(images.x[:, :, :14], images.y))
+    with pytest.raises(ValueError, match="`images.x`"):
+        robustness(images=Split(images.x * 2, images.y))
+    with pytest.raises(ValueError, match="`output`"):
+        RunModel(pgsl, "plain")
+    with pytest.raises(ValueError, match="`run`"):
+        sweep_mu(none, images)
+    with pytest.raises(ValueError, match="`mus`"):
+        sweep_mu(pgsl, images, mus=[])
+    with pytest.raises(ValueError, match="`mus`"):
+        sweep_mu(pgsl, images, mus=[0.5, -1])
+    with pytest.raises(ValueError, match="`max_images`"):
+        sweep_mu(pgsl, images, max_images=0)
+    with pytest.raises(ValueError, match="`max_iter`"):
+        sweep_mu(pgsl, images, max_iter=0)
