@@ -230,7 +230,7 @@ def test_bad_inputs_name_the_argument(device):
 def test_zero_size_matrices(device, shape):
     # (3, 0, 4) once crashed: "cannot reshape tensor of 0 elements" (reshape(-1, m, n)).
     x = torch.zeros(shape, device=device)
-    for r in (ops.rpca(x), reference.rpca(x), ops.rpca(x, rank=2)):
+    for r in (ops.rpca(x), reference.rpca(x), ops.rpca(x, rank=2), ops.rpca(x, init=torch.zeros_like(x))):
         assert r.low_rank.shape == shape and r.sparse.shape == shape
         assert r.iterations.shape == shape[:-2] and r.converged.shape == shape[:-2]
         assert (r.iterations == 0).all() and r.converged.all()
@@ -313,3 +313,14 @@ def test_tol_zero_is_floored_and_max_iter_zero_returns_the_start(device, shape):
         assert (r.iterations == 0).all() and not r.converged.any()
         assert torch.equal(r.low_rank[1:], torch.zeros_like(x[1:])) and torch.equal(r.sparse[1:], torch.zeros_like(x[1:]))
     assert torch.isnan(ops.rpca(x, max_iter=0).low_rank[0]).all()
+    # With a warm start the starting point is (0, init); a non-finite init makes its matrix NaN.
+    x[0, 0, 0] = 0.0
+    init = with_layout(_matrices(shape, torch.float64, device, seed=8), "transposed")
+    if shape[0] > 2:
+        init[2, 0, 0] = float("inf")
+    for r in (ops.rpca(x, init=init, max_iter=0), reference.rpca(x, init=init, max_iter=0)):
+        assert (r.iterations == 0).all() and not r.converged.any()
+        assert torch.equal(r.low_rank[:2], torch.zeros_like(x[:2])) and torch.equal(r.sparse[:2], init[:2])
+    got = ops.rpca(x, init=init, max_iter=0)
+    if shape[0] > 2:
+        assert torch.isnan(got.low_rank[2]).all() and torch.isnan(got.sparse[2]).all()
