@@ -15,7 +15,7 @@
 //     restart (beta = 0, t = 1) when (Y - S_{k+1}) . (S_{k+1} - S_k) > 0.
 // Without momentum this is exact alternating minimisation (block coordinate
 // descent); the step is twice APG's and momentum restarts instead of
-// oscillating, which is where the iterations go (bench/test_bench_rpca.py).
+// oscillating, which is where the iterations go (bench/bench_rpca.py).
 //
 // "apg": accelerated proximal gradient (Lin, Ganesh, Wright, Wu, Chen & Ma
 // 2009) on (L, S) jointly, FISTA momentum and step 1/2 (the gradient of the
@@ -123,8 +123,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_batched(
   x_norm = at::where(x_norm > 0, x_norm, at::ones_like(x_norm));  // a zero X: residual 0, no 0/0
   SvtOptions svt_opts;
   svt_opts.rank = o.rank;
-  const bool alternating = o.method == RpcaMethod::kAlternating;
   svt_opts.generator = o.generator;
+  const bool alternating = o.method == RpcaMethod::kAlternating;
   for (int64_t k = 1; k <= o.max_iter && index.numel() > 0; ++k) {
     const at::Tensor beta = ((tp - 1) / t).view({-1, 1, 1});
     at::Tensor L_new, S_new, residual, restart;

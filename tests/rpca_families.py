@@ -1,5 +1,5 @@
 """The matrix families rpca is measured and tested on, shared by tests/test_rpca.py and
-bench/test_bench_rpca.py: PGSL activation maps (conv-ReLU-BN of real MNIST digits), Gaussian
+bench/bench_rpca.py: PGSL activation maps (conv-ReLU-BN of real MNIST digits), Gaussian
 noise, the synthetic low-rank + sparse matrices, and digit images upsampled to 64 x 64 / 512 x 512.
 All float64 on the CPU; callers convert."""
 
