@@ -426,13 +426,13 @@ void rpca_tests() {
           const auto out = under_every_schedule(
               [&] {
                 const auto [low, sparse, iters, conv] =
-                    pgsl::rpca_op<&small_svt_emulated, &small_rpca_emulated>(x, mu, std::nullopt, 1000, 1e-7, std::nullopt);
+                    pgsl::rpca_op<&small_svt_emulated, &small_rpca_emulated>(x, mu, std::nullopt, 1000, 1e-7, std::nullopt, std::nullopt);
                 return std::vector<Tensor>{low, sparse, iters, conv};
               },
               what);
           if (out.size() != 4) continue;
           const auto [low, sparse, iters, conv] =
-              pgsl::rpca_op<&pgsl::small_svt_cpu, &pgsl::small_rpca_cpu>(x, mu, std::nullopt, 1000, 1e-7, std::nullopt);
+              pgsl::rpca_op<&pgsl::small_svt_cpu, &pgsl::small_rpca_cpu>(x, mu, std::nullopt, 1000, 1e-7, std::nullopt, std::nullopt);
           // More tolerance than svt: the iteration amplifies rounding differences.
           const double rtol = dtype == at::kFloat ? 1e-3 : 1e-9;
           expect_close(out[0], low, rtol, what + " low_rank");
