@@ -1,7 +1,6 @@
 """pgsl.train / pgsl.split: the blocks, what crosses the wire, an end-to-end run that learns,
 resume equivalence, and bad options. The distributed runs are in test_pgsl_distributed.py."""
 
-import json
 import os
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pgsl import models
-from pgsl.split import Client, Server, SplitConfig, distance_correlation
+from pgsl.split import Server, SplitConfig, distance_correlation
 from pgsl.train import TrainConfig, TrainError, restore, train
 from pgsl.transport import LocalHub
 

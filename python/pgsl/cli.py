@@ -13,7 +13,7 @@ import io
 import os
 import signal
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 __all__ = ["main"]
 

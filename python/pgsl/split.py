@@ -32,13 +32,11 @@ added to the activations before sending; Titcombe et al. 2021), ``nopeek`` (the 
 from __future__ import annotations
 
 import io
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -6,8 +6,9 @@ The training code sees two things:
   tensors)``: the server is rank 0, clients are ranks 1..K;
 - nothing else: what a message means is :mod:`pgsl.split`'s business.
 
-:class:`LocalLink` passes messages through in-process queues (the default, one process; every
-tensor is detached and copied, as a wire would). :class:`DistributedLink` sends a small header
+:class:`LocalHub` / :class:`LocalLink` carry messages in one process (the default): a request
+to the server runs its handler at once, other messages wait in queues; every tensor is detached
+and copied, as a wire would. :class:`DistributedLink` sends a small header
 (kind, shapes, dtypes) and then each tensor with ``torch.distributed.isend`` / ``irecv`` (gloo on
 CPU, NCCL when every rank has a GPU). While it waits it watches the peer's heartbeat, a counter
 each process bumps in the rendezvous store every second from a background thread: a peer whose

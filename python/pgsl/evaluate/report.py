@@ -23,11 +23,9 @@ import json
 import math
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
-
-import pgsl_ext.ops
 
 from ..data import Split
 from ..train import TrainedRun, TrainError, git_commit, restore, versions
