@@ -30,6 +30,7 @@
 // matrices still iterating.
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -175,6 +176,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_batched(
   return {r.restore(low_rank), r.restore(sparse), iterations, converged.logical_and_(r.finite)};
 }
 
+// The warm start projected onto a box that holds the minimiser's S, so that a
+// start far larger than X cannot overflow once rescaled. The bound: S* minimises
+// G(S) = mu lam ||S||_1 + e(X - S), e the Moreau envelope of mu ||.||_* (0 <= e(Z)
+// <= mu ||Z||_*), so mu lam ||S*||_1 <= G(0) <= mu ||X||_* and every entry of S*
+// lies within ||X||_* / lam <= sqrt(min(m, n)) ||X||_F / lam, for any mu (and so
+// at every stage of continuation). Projection onto a convex set holding S* never
+// moves the start farther from it. In X's rescaled units the box is capped at
+// max/8 (X - S stays finite); non-finite entries are kept (they mark the matrix).
+at::Tensor clamp_start(const at::Tensor& x3, const at::Tensor& init3, double lam) {
+  const Rescaled r = rescale(x3);
+  const double finite_max = x3.scalar_type() == at::kFloat ? std::numeric_limits<float>::max()
+                                                           : std::numeric_limits<double>::max();
+  const double k = std::sqrt(static_cast<double>(std::min(x3.size(-2), x3.size(-1))));
+  const at::Tensor norm = at::linalg_vector_norm(r.x.to(at::kDouble), 2, {-2, -1});
+  const at::Tensor box_scaled = (norm * (k / lam)).clamp_max(finite_max / 8);
+  // Back in X's units (inf where that overflows the dtype: no bound is needed there).
+  const at::Tensor box = (box_scaled / r.scale.to(at::kDouble)).to(x3.scalar_type()).view({-1, 1, 1});
+  return at::where(at::isfinite(init3), at::maximum(at::minimum(init3, box), -box), init3);
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_forward(
@@ -186,6 +207,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_forward(
   const at::Tensor x3 = x.reshape({batch, m, n});  // not -1: ambiguous for zero-size matrices
   std::optional<at::Tensor> init3;
   if (init) init3 = init->reshape({batch, m, n});
+  if (init3 && x.numel() > 0 && o.max_iter > 0) init3 = clamp_start(x3, *init3, o.lam);
   at::Tensor low_rank, sparse, iterations, converged;
   if (x.numel() == 0 || o.max_iter == 0) {
     // Nothing to iterate: an empty matrix has converged; max_iter = 0 returns the starting

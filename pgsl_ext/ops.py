@@ -505,7 +505,10 @@ def rpca(
             nearly low-rank matrices such as 512 x 512 mammogram channels).
         init (Tensor[..., m, n], optional): warm start, the starting sparse part ``S`` (e.g. the
             ``sparse`` of a nearby problem's result: the same image an epoch earlier, the previous
-            ``mu`` of a sweep); x's dtype and device. ``L`` follows from ``S``.
+            ``mu`` of a sweep); x's dtype and device. ``L`` follows from ``S``. Entries beyond
+            ``sqrt(min(m, n)) ||X||_F / lam``, a bound on the minimiser's ``S`` for every ``mu``,
+            are clipped to it (never farther from the solution; a start far larger than ``x``
+            cannot overflow).
         method (str): ``"alternating"`` (default): ``L`` minimised out exactly
             (``L = svt(X - S, mu)``), FISTA with step 1 on ``S`` with gradient restart (O'Donoghue &
             Candes 2015); ``"apg"``: accelerated proximal gradient on ``(L, S)``, step 1/2 (Lin,

@@ -195,7 +195,9 @@ def rpca(
     it points uphill (O'Donoghue & Candes 2015). Same minimiser, same stopping rule.
 
     ``init``: the starting ``S`` (a warm start; ``L`` starts at zero, and both methods compute
-    ``L`` from ``S`` first).
+    ``L`` from ``S`` first), projected onto the box ``|S_ij| <= sqrt(min(m, n)) ||X||_F / lam``,
+    which holds the minimiser's ``S`` for every ``mu`` (so the projection only brings the start
+    nearer to it).
     """
     if method not in ("alternating", "apg"):
         raise ValueError(f'rpca: expected `method` to be "alternating" or "apg", but got "{method}"')
@@ -214,7 +216,12 @@ def rpca(
         mu_k = torch.tensor(mu, dtype=X.dtype, device=X.device).expand(b)  # beyond the dtype: inf
     mu_floor = 1e-5 * mu_k
     L, Lp = torch.zeros_like(X), torch.zeros_like(X)
-    S = torch.zeros_like(X) if init is None else init.reshape(-1, m, n).to(X)
+    if init is None:
+        S = torch.zeros_like(X)
+    else:  # projected onto a box holding the minimiser's S: |S*_ij| <= ||X||_* / lam <= sqrt(min(m, n)) ||X||_F / lam
+        S = init.reshape(-1, m, n).to(X)
+        box = (math.sqrt(min(m, n)) / lam * torch.linalg.vector_norm(X, dim=(-2, -1)))[:, None, None]
+        S = torch.where(torch.isfinite(S), torch.minimum(torch.maximum(S, -box), box), S)
     Sp = S
     t = tp = X.new_ones(b)
     x_norm = torch.linalg.vector_norm(X, dim=(-2, -1))

@@ -139,6 +139,22 @@ def test_non_finite_warm_start_is_confined(device, n):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [14, 70])
+@pytest.mark.parametrize("x_scale, init_value", [(1.0, 1e30), (1e-30, 1.0), (1.0, -3e38)])
+def test_warm_start_far_larger_than_x(device, n, x_scale, init_value):
+    # Such a start used to overflow once x was rescaled and came back as unflagged NaN.
+    x = _matrices((3, n, n), torch.float32, device, seed=9) * x_scale
+    init = torch.full_like(x, init_value)
+    cold = ops.rpca(x)
+    for r in (ops.rpca(x, init=init), reference.rpca(x.double(), init=init.double())):
+        assert torch.isfinite(r.low_rank).all() and torch.isfinite(r.sparse).all()
+        assert r.converged.all()
+        # In float64: the norms of 1e-30 float32 matrices underflow.
+        apart = (r.low_rank.double() - cold.low_rank.double()).norm(dim=(-2, -1)) / x.double().norm(dim=(-2, -1))
+        assert apart.max() < 5e-3
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("size", [24, 48])
 def test_exact_recovery_with_continuation(device, size):
     low, sparse = _low_rank_plus_sparse(3, size, size, 2, 0.05, 3, device)
