@@ -22,6 +22,7 @@ TORCH_LIBRARY(pgsl_ext, m) {
       "svt.Tensor(Tensor x, Tensor tau, *, int? rank=None, int oversample=10, int power_iters=2, "
       "Generator? generator=None) -> Tensor");
   m.def(
-      "rpca(Tensor x, *, float? mu=0.55, float? lam=None, int max_iter=1000, float tol=1e-7, "
-      "int? rank=None, Generator? generator=None) -> (Tensor low_rank, Tensor sparse, Tensor iterations, Tensor converged)");
+      "rpca(Tensor x, Tensor? init=None, *, float? mu=0.55, float? lam=None, int max_iter=1000, "
+      "float tol=1e-7, int? rank=None, str method=\"alternating\", Generator? generator=None) -> "
+      "(Tensor low_rank, Tensor sparse, Tensor iterations, Tensor converged)");
 }

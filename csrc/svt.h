@@ -8,6 +8,7 @@
 
 #include <optional>
 
+#include "pgsl/rpca.h"
 #include "pgsl/svd_jacobi.h"
 
 namespace pgsl {
@@ -59,31 +60,35 @@ std::tuple<at::Tensor, at::Tensor> svt_exact(const at::Tensor& x3, const at::Ten
 
 namespace pgsl {
 
-// RPCA by accelerated proximal gradient (Lin et al. 2009), batched over leading dims.
+// Robust PCA (csrc/rpca.cpp), batched over leading dims.
 struct RpcaOptions {
   std::optional<double> mu;  // fixed relaxation; nullopt: continuation
   double lam;                // already defaulted to 1/sqrt(max(m, n))
   int64_t max_iter;
   double tol;                // already floored for the dtype
   std::optional<int64_t> rank;
+  RpcaMethod method;
   std::optional<at::Generator> generator;  // for rank=k
 };
 
 // The fused small-matrix RPCA kernel of one device: x3 (B, m, n) any strides
-// with min(m, n) <= kJacobiMaxN; mu0 (B,) the starting relaxation per matrix
-// (the fixed mu, or mu_0 of the continuation); writes low_rank and sparse
-// (B, m, n) contiguous, iterations (B,) int64 and converged (B,) bool.
-using SmallRpcaKernel = void (*)(const at::Tensor& x3, const at::Tensor& mu0, const RpcaOptions& o,
-                                 at::Tensor& low_rank, at::Tensor& sparse, at::Tensor& iterations,
-                                 at::Tensor& converged);
+// with min(m, n) <= kJacobiMaxN; init3 the starting S, (B, m, n) any strides
+// in x's dtype and device, or none; mu0 (B,) the starting relaxation per
+// matrix (the fixed mu, or mu_0 of the continuation); writes low_rank and
+// sparse (B, m, n) contiguous, iterations (B,) int64 and converged (B,) bool.
+using SmallRpcaKernel = void (*)(const at::Tensor& x3, const std::optional<at::Tensor>& init3,
+                                 const at::Tensor& mu0, const RpcaOptions& o, at::Tensor& low_rank,
+                                 at::Tensor& sparse, at::Tensor& iterations, at::Tensor& converged);
 
 RpcaOptions rpca_options(const at::Tensor& x, std::optional<double> mu, std::optional<double> lam,
                          int64_t max_iter, double tol, std::optional<int64_t> rank,
-                         std::optional<at::Generator> generator, const char* op);
+                         c10::string_view method, std::optional<at::Generator> generator,
+                         const char* op);
+void check_rpca_init(const at::Tensor& x, const std::optional<at::Tensor>& init, const char* op);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_forward(
-    const at::Tensor& x, const RpcaOptions& options, SmallSvtKernel small_svt,
-    SmallRpcaKernel small_rpca);
+    const at::Tensor& x, const std::optional<at::Tensor>& init, const RpcaOptions& options,
+    SmallSvtKernel small_svt, SmallRpcaKernel small_rpca);
 
 }  // namespace pgsl
 
@@ -112,21 +117,23 @@ at::Tensor svt_tensor_op(const at::Tensor& x, const at::Tensor& tau, std::option
 
 template <SmallSvtKernel kSmallSvt, SmallRpcaKernel kSmallRpca>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_op(
-    const at::Tensor& x, std::optional<double> mu, std::optional<double> lam, int64_t max_iter,
-    double tol, std::optional<int64_t> rank, std::optional<at::Generator> generator) {
-  const RpcaOptions o =
-      rpca_options(x, mu, lam, max_iter, tol, rank, std::move(generator), "pgsl_ext.rpca");
-  return rpca_forward(x, o, kSmallSvt, kSmallRpca);
+    const at::Tensor& x, const std::optional<at::Tensor>& init, std::optional<double> mu,
+    std::optional<double> lam, int64_t max_iter, double tol, std::optional<int64_t> rank,
+    c10::string_view method, std::optional<at::Generator> generator) {
+  constexpr const char* op = "pgsl_ext.rpca";
+  const RpcaOptions o = rpca_options(x, mu, lam, max_iter, tol, rank, method, std::move(generator), op);
+  check_rpca_init(x, init, op);
+  return rpca_forward(x, init, o, kSmallSvt, kSmallRpca);
 }
 
 // The CPU kernels (csrc/cpu/), and the CUDA kernels (csrc/cuda/) when built.
 void small_svt_cpu(const at::Tensor& x3, const at::Tensor& tau, at::Tensor& out, at::Tensor& kept);
-void small_rpca_cpu(const at::Tensor& x3, const at::Tensor& mu0, const RpcaOptions& o,
-                    at::Tensor& low_rank, at::Tensor& sparse, at::Tensor& iterations,
-                    at::Tensor& converged);
+void small_rpca_cpu(const at::Tensor& x3, const std::optional<at::Tensor>& init3, const at::Tensor& mu0,
+                    const RpcaOptions& o, at::Tensor& low_rank, at::Tensor& sparse,
+                    at::Tensor& iterations, at::Tensor& converged);
 void small_svt_cuda(const at::Tensor& x3, const at::Tensor& tau, at::Tensor& out, at::Tensor& kept);
-void small_rpca_cuda(const at::Tensor& x3, const at::Tensor& mu0, const RpcaOptions& o,
-                     at::Tensor& low_rank, at::Tensor& sparse, at::Tensor& iterations,
-                     at::Tensor& converged);
+void small_rpca_cuda(const at::Tensor& x3, const std::optional<at::Tensor>& init3,
+                     const at::Tensor& mu0, const RpcaOptions& o, at::Tensor& low_rank,
+                     at::Tensor& sparse, at::Tensor& iterations, at::Tensor& converged);
 
 }  // namespace pgsl

@@ -478,14 +478,15 @@ def rpca(
     max_iter: int = 1000,
     tol: float = 1e-7,
     rank: Optional[int] = None,
+    init: Optional[Tensor] = None,
+    method: str = "alternating",
     generator: Optional[torch.Generator] = None,
 ) -> RPCAResult:
     r"""Robust PCA, ``X = L + S`` with ``L`` low-rank and ``S`` sparse, batched over leading dims.
 
-    Accelerated proximal gradient (Lin, Ganesh, Wright, Wu, Chen & Ma 2009; FISTA momentum,
-    step 1/2) on PGSL's relaxed problem
+    Solves PGSL's relaxed problem per matrix
 
-    .. math:: \min_{L, S}\ \mu \lVert L \rVert_* + \mu \lambda \lVert S \rVert_1
+    .. math:: \min_{L, S}\ F(L, S) = \mu \lVert L \rVert_* + \mu \lambda \lVert S \rVert_1
               + \tfrac12 \lVert X - L - S \rVert_F^2
 
     Args:
@@ -494,15 +495,25 @@ def rpca(
             ``mu_0 = 0.99 ||X||_2`` shrinking by 0.9 per iteration to ``1e-5 mu_0``, which
             approximates exact RPCA ``min ||L||_* + lam ||S||_1 s.t. L + S = X``.
         lam (float, optional): sparsity weight; default ``1 / sqrt(max(m, n))``.
-        max_iter (int): iteration cap per matrix, ``>= 0``; 0 returns ``L = S = 0``,
-            ``converged = False``.
-        tol (float): ``>= 0``; per-matrix stop when the relative residual of the optimality conditions
-            ``||(2(Y_L - L_{k+1}) + E, 2(Y_S - S_{k+1}) + E)||_F / ||X||_F`` (with
-            ``E = L_{k+1} + S_{k+1} - Y_L - Y_S``) is below it; with continuation, once ``mu``
-            has reached its floor. Floored at ``64 * eps`` of ``x``'s dtype (``7.6e-6`` for
-            float32), below which the residual is rounding noise.
+        max_iter (int): iteration cap per matrix, ``>= 0``; 0 returns the starting point
+            (``L = 0``, ``S = init`` or 0), ``converged = False``.
+        tol (float): ``>= 0``; per-matrix stop when ``||g||_F / ||X||_F < tol`` for a subgradient
+            ``g`` of ``F`` at the returned ``(L, S)`` (the residual of the optimality conditions;
+            with continuation, once ``mu`` has reached its floor). Floored at ``64 * eps`` of
+            ``x``'s dtype (``7.6e-6`` for float32), below which the residual is rounding noise.
         rank (int, optional): use randomized SVT of this rank in every iteration (large,
             nearly low-rank matrices such as 512 x 512 mammogram channels).
+        init (Tensor[..., m, n], optional): warm start, the starting sparse part ``S`` (e.g. the
+            ``sparse`` of a nearby problem's result: the same image an epoch earlier, the previous
+            ``mu`` of a sweep); x's dtype and device. ``L`` follows from ``S``. Entries beyond
+            ``sqrt(min(m, n)) ||X||_F / lam``, a bound on the minimiser's ``S`` for every ``mu``,
+            are clipped to it (never farther from the solution; a start far larger than ``x``
+            cannot overflow).
+        method (str): ``"alternating"`` (default): ``L`` minimised out exactly
+            (``L = svt(X - S, mu)``), FISTA with step 1 on ``S`` with gradient restart (O'Donoghue &
+            Candes 2015); ``"apg"``: accelerated proximal gradient on ``(L, S)``, step 1/2 (Lin,
+            Ganesh, Wright, Wu, Chen & Ma 2009). The same minimiser and stopping rule;
+            ``"alternating"`` needs several times fewer iterations (``bench/RESULTS.md``).
         generator (torch.Generator, optional): for ``rank=k``, as in :func:`svt`; without it
             the sketches draw from the global RNG.
 
@@ -510,22 +521,32 @@ def rpca(
         RPCAResult: ``(low_rank, sparse, iterations, converged)``. Matrices with
         ``min(m, n) <= 64`` run the whole loop inside the extension (fused, warm-started Jacobi
         SVT, converged matrices stop costing work); others run a batched loop that only computes
-        matrices still iterating. A matrix holding NaN/Inf yields all-NaN ``low_rank`` and
-        ``sparse``, ``iterations = 0`` and ``converged = False``; the rest are unaffected.
-        Zero-size matrices give empty results with ``converged = True``, ``iterations = 0``.
-        Every finite input works, subnormal ones included (exact power-of-two rescaling); a
-        ``mu``, ``lam`` or ``tol`` beyond the dtype's largest finite value acts as ``inf``.
+        matrices still iterating. A matrix holding NaN/Inf (in ``x`` or ``init``) yields all-NaN
+        ``low_rank`` and ``sparse``, ``iterations = 0`` and ``converged = False``; the rest are
+        unaffected. Zero-size matrices give empty results with ``converged = True``,
+        ``iterations = 0``. Every finite input works, subnormal ones included (exact
+        power-of-two rescaling); a ``mu``, ``lam`` or ``tol`` beyond the dtype's largest finite
+        value acts as ``inf``.
 
-    Not differentiable (backward raises).
+    Not differentiable (backward raises). ``pgsl_ext.reference.rpca`` is the plain-PyTorch
+    definition of both methods.
     """
     _require_tensor(x, "rpca", "x")
-    out = _ops.rpca.default(x, mu=mu, lam=lam, max_iter=max_iter, tol=tol, rank=rank, generator=generator)
+    if init is not None:
+        _require_tensor(init, "rpca", "init")
+    out = _ops.rpca.default(
+        x, init, mu=mu, lam=lam, max_iter=max_iter, tol=tol, rank=rank, method=method, generator=generator
+    )
     return RPCAResult(*out)
 
 
 @torch.library.register_fake("pgsl_ext::rpca")
-def _rpca_fake(x, *, mu=0.55, lam=None, max_iter=1000, tol=1e-7, rank=None, generator=None):
+def _rpca_fake(
+    x, init=None, *, mu=0.55, lam=None, max_iter=1000, tol=1e-7, rank=None, method="alternating", generator=None
+):
     torch._check(x.dim() >= 2, lambda: f"rpca: expected `x` of shape (..., m, n), got {tuple(x.shape)}")
+    if init is not None:
+        _check_same_device("rpca", ("x", x), ("init", init))
     batch = x.shape[:-2]
     return (
         x.new_empty(x.shape),

@@ -178,14 +178,29 @@ def rpca(
     lam: Optional[float] = None,
     max_iter: int = 1000,
     tol: float = 1e-7,
+    init: Optional[Tensor] = None,
+    method: str = "alternating",
 ) -> RPCAResult:
-    """Robust PCA by accelerated proximal gradient (Lin et al. 2009), batched, plain PyTorch.
+    """Robust PCA, batched, plain PyTorch: ``min F(L, S) = mu ||L||_* + mu lam ||S||_1 + 1/2 ||X - L - S||_F^2``.
 
-    Solves ``min mu ||L||_* + mu lam ||S||_1 + 1/2 ||X - L - S||_F^2`` per matrix (with
-    ``mu=None``: continuation ``mu_k = max(0.9^k 0.99 ||X||_2, 1e-5 0.99 ||X||_2)``). Each matrix
-    stops when the relative residual of the optimality conditions drops below ``tol``; the
+    With ``mu=None``: continuation ``mu_k = max(0.9^k 0.99 ||X||_2, 1e-5 0.99 ||X||_2)``. Each matrix
+    stops when ``||g||_F / ||X||_F < tol`` for a subgradient ``g`` of ``F`` at the new iterate; the
     loop keeps computing all matrices (finished ones are frozen), as a plain implementation does.
+
+    ``method="apg"``: accelerated proximal gradient on ``(L, S)`` jointly (Lin et al. 2009; FISTA
+    momentum, step 1/2, the gradient of the smooth term being 2-Lipschitz).
+
+    ``method="alternating"``: ``L`` minimised out (the best ``L`` for a given ``S`` is
+    ``svt(X - S, mu)``), FISTA with step 1 on what is left in ``S``, momentum restarted whenever
+    it points uphill (O'Donoghue & Candes 2015). Same minimiser, same stopping rule.
+
+    ``init``: the starting ``S`` (a warm start; ``L`` starts at zero, and both methods compute
+    ``L`` from ``S`` first), projected onto the box ``|S_ij| <= sqrt(min(m, n)) ||X||_F / lam``,
+    which holds the minimiser's ``S`` for every ``mu`` (so the projection only brings the start
+    nearer to it).
     """
+    if method not in ("alternating", "apg"):
+        raise ValueError(f'rpca: expected `method` to be "alternating" or "apg", but got "{method}"')
     m, n = x.shape[-2:]
     lam = 1.0 / math.sqrt(max(m, n, 1)) if lam is None else lam
     tol = max(tol, 64 * torch.finfo(x.dtype).eps)
@@ -200,7 +215,14 @@ def rpca(
     else:
         mu_k = torch.tensor(mu, dtype=X.dtype, device=X.device).expand(b)  # beyond the dtype: inf
     mu_floor = 1e-5 * mu_k
-    L, Lp, S, Sp = (torch.zeros_like(X) for _ in range(4))
+    L, Lp = torch.zeros_like(X), torch.zeros_like(X)
+    if init is None:
+        S = torch.zeros_like(X)
+    else:  # projected onto a box holding the minimiser's S: |S*_ij| <= ||X||_* / lam <= sqrt(min(m, n)) ||X||_F / lam
+        S = init.reshape(-1, m, n).to(X)
+        box = (math.sqrt(min(m, n)) / lam * torch.linalg.vector_norm(X, dim=(-2, -1)))[:, None, None]
+        S = torch.where(torch.isfinite(S), torch.minimum(torch.maximum(S, -box), box), S)
+    Sp = S
     t = tp = X.new_ones(b)
     x_norm = torch.linalg.vector_norm(X, dim=(-2, -1))
     x_norm = torch.where(x_norm > 0, x_norm, torch.ones_like(x_norm))  # a zero X: residual 0
@@ -211,22 +233,32 @@ def rpca(
         if not bool(active.any()):
             break
         beta = ((tp - 1) / t)[:, None, None]
-        YL, YS = L + beta * (L - Lp), S + beta * (S - Sp)
-        half_grad = 0.5 * (YL + YS - X)
-        L_new = svt(YL - half_grad, 0.5 * mu_k)
-        S_new = soft_threshold(YS - half_grad, (0.5 * lam * mu_k)[:, None, None])
-        excess = L_new + S_new - YL - YS
-        residual = torch.sqrt(
-            (2 * (YL - L_new) + excess).square().sum((-2, -1)) + (2 * (YS - S_new) + excess).square().sum((-2, -1))
-        ) / x_norm
+        if method == "apg":
+            YL, YS = L + beta * (L - Lp), S + beta * (S - Sp)
+            half_grad = 0.5 * (YL + YS - X)
+            L_new = svt(YL - half_grad, 0.5 * mu_k)
+            S_new = soft_threshold(YS - half_grad, (0.5 * lam * mu_k)[:, None, None])
+            excess = L_new + S_new - YL - YS
+            residual = torch.sqrt(
+                (2 * (YL - L_new) + excess).square().sum((-2, -1)) + (2 * (YS - S_new) + excess).square().sum((-2, -1))
+            ) / x_norm
+            restart = torch.zeros_like(active)
+        else:
+            Y = S + beta * (S - Sp)
+            L_new = svt(X - Y, mu_k)
+            S_new = soft_threshold(X - L_new, (lam * mu_k)[:, None, None])
+            residual = torch.linalg.vector_norm(S_new - Y, dim=(-2, -1)) / x_norm  # dF(L_new, S_new) holds (S_new - Y, 0)
+            restart = ((Y - S_new) * (S_new - S)).sum((-2, -1)) > 0
         ok = residual < tol
         if mu is None:
             ok = ok & (mu_k <= mu_floor)
             mu_k = torch.maximum(0.9 * mu_k, mu_floor)
+        t_next = torch.where(restart, torch.ones_like(t), (1 + torch.sqrt(1 + 4 * t * t)) / 2)
+        t_now = torch.where(restart, torch.ones_like(t), t)
         keep = active[:, None, None]
         Lp, L = torch.where(keep, L, Lp), torch.where(keep, L_new, L)
         Sp, S = torch.where(keep, S, Sp), torch.where(keep, S_new, S)
-        tp, t = torch.where(active, t, tp), torch.where(active, (1 + torch.sqrt(1 + 4 * t * t)) / 2, t)
+        tp, t = torch.where(active, t_now, tp), torch.where(active, t_next, t)
         iterations = torch.where(active, torch.full_like(iterations, k), iterations)
         converged = converged | (active & ok)
         active = active & ~ok

@@ -21,6 +21,7 @@ CALLS = {
     "pixel_unshuffle_concat_backward": lambda a, b: _backward(
         torch.randn(1, 9, 2, 2, device=b), torch.randn(1, 1, 4, 4, device=a), 2, 2, "max"
     ),
+    "rpca(init)": lambda a, b: ops.rpca(torch.randn(2, 3, 3, device=a), init=torch.zeros(2, 3, 3, device=b)),
     "jsma_saliency_search(grad_others)": lambda a, b: ops.jsma_saliency_search(
         torch.randn(2, 5, device=a), torch.randn(2, 5, device=b), torch.ones(2, 5, dtype=torch.bool, device=a),
         targeted=False,

@@ -1,11 +1,15 @@
-"""rpca: the fused small-matrix loop and the batched loop against the plain-PyTorch APG,
-optimality conditions, exact recovery, randomized SVT inside, NaN and zero matrices, errors."""
+"""rpca: the fused small-matrix loop and the batched loop against the plain-PyTorch reference
+(both methods), the fixed point of every family against a tight float64 solution, optimality
+conditions, warm starts, exact recovery, randomized SVT inside, NaN and zero matrices, errors."""
 
 import pytest
 import torch
 
+import rpca_families as families
 from pgsl_ext import ops, reference
 from conftest import DEVICES, with_layout
+
+METHODS = ["alternating", "apg"]
 
 
 def _matrices(shape, dtype, device, seed=0):
@@ -14,22 +18,18 @@ def _matrices(shape, dtype, device, seed=0):
 
 
 def _low_rank_plus_sparse(batch, m, n, rank, density, seed, device):
-    g = torch.Generator().manual_seed(seed)
-    low = torch.randn(batch, m, rank, generator=g, dtype=torch.float64) @ torch.randn(
-        batch, rank, n, generator=g, dtype=torch.float64
-    )
-    mask = torch.rand(batch, m, n, generator=g, dtype=torch.float64) < density
-    sparse = torch.where(mask, 10 * torch.sign(torch.randn(batch, m, n, generator=g, dtype=torch.float64)), 0.0)
+    low, sparse = families.low_rank_plus_sparse(batch, m, n, rank, density, seed)
     return low.to(device), sparse.to(device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("shape", [(19, 14, 14), (3, 6, 9), (2, 2, 9, 5), (1, 1, 6), (2, 40, 34), (1, 70, 66)], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
-def test_matches_reference_apg(device, shape, layout):
+def test_matches_reference(device, method, shape, layout):
     x = with_layout(_matrices(shape, torch.float64, device, seed=1), layout)
-    got = ops.rpca(x, mu=0.55, max_iter=300, tol=1e-9)
-    want = reference.rpca(x, mu=0.55, max_iter=300, tol=1e-9)
+    got = ops.rpca(x, mu=0.55, max_iter=300, tol=1e-9, method=method)
+    want = reference.rpca(x, mu=0.55, max_iter=300, tol=1e-9, method=method)
     assert torch.equal(got.iterations, want.iterations)
     assert torch.equal(got.converged, want.converged)
     torch.testing.assert_close(got.low_rank, want.low_rank, rtol=0, atol=1e-9)
@@ -49,6 +49,109 @@ def test_optimality_conditions_at_the_returned_point(device, dtype, shape):
     low, sparse = r.low_rank.double(), r.sparse.double()
     assert ((low - reference.svt(x.double() - sparse, mu)).norm(dim=(-2, -1), keepdim=True) / scale).max() < tol
     assert ((sparse - reference.soft_threshold(x.double() - low, mu * lam)).norm(dim=(-2, -1), keepdim=True) / scale).max() < tol
+
+
+def _family(name):
+    if name == "activations":
+        return families.activation_maps(2, channels=16)[::2]  # 16 maps of 14 x 14
+    if name == "gaussian":
+        return families.gaussian(12, 14, 14, seed=5)
+    if name == "low_rank_sparse":
+        low, sparse = families.low_rank_plus_sparse(6, 24, 20, 2, 0.05, seed=6)
+        return low + sparse
+    if name == "images_64":
+        return families.digit_images(3, 64)
+    return families.digit_images(2, 70)  # min(m, n) > 64: the batched loop
+
+
+def _tight_solution(x, mu, lam):
+    """The minimiser to ~1e-12, checked by its own optimality conditions."""
+    r = reference.rpca(x, mu=mu, lam=lam, tol=1e-13, max_iter=20000, method="alternating")
+    assert r.converged.all()
+    scale = x.norm(dim=(-2, -1), keepdim=True)
+    assert ((r.low_rank - reference.svt(x - r.sparse, mu)).norm(dim=(-2, -1), keepdim=True) / scale).max() < 1e-11
+    return r
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("family", ["activations", "gaussian", "low_rank_sparse", "images_64", "images_70"])
+def test_fixed_point_of_every_family(device, family):
+    # Both methods stop at the same tolerance; the alternating method's L is as close to the
+    # tight float64 minimiser as the plain APG's own (worst matrix, with slack for the different
+    # paths), in float64 and in float32.
+    x = _family(family)
+    mu, lam = 0.55, 1 / max(x.shape[-2:]) ** 0.5
+    tight = _tight_solution(x, mu, lam)
+    apg = reference.rpca(x, mu=mu, lam=lam, tol=1e-7, max_iter=5000, method="apg")
+    apg32 = reference.rpca(x.float(), mu=mu, lam=lam, max_iter=5000, method="apg")
+    got = ops.rpca(x.to(device), mu=mu, lam=lam, tol=1e-7, max_iter=5000)
+    got32 = ops.rpca(x.float().to(device), mu=mu, lam=lam, max_iter=5000)
+    assert apg.converged.all() and got.converged.all() and got32.converged.all()
+
+    def distance(low):  # relative to ||X||: some activation maps have L = 0
+        return (low.double().cpu() - tight.low_rank).norm(dim=(-2, -1)) / x.norm(dim=(-2, -1))
+
+    assert distance(got.low_rank).max() <= 2 * distance(apg.low_rank).max() + 1e-9
+    assert distance(got32.low_rank).max() <= 2 * distance(apg32.low_rank).max() + 1e-6
+    assert (got.iterations.cpu() < apg.iterations).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(20, 14, 14), (2, 70, 66)], ids=str)
+def test_warm_start(device, dtype, shape):
+    x = _matrices(shape, dtype, device, seed=7)
+    cold = ops.rpca(x, mu=0.55)
+    # From the solution itself: one iteration, the same point.
+    again = ops.rpca(x, mu=0.55, init=cold.sparse)
+    assert again.converged.all() and (again.iterations <= 2).all()
+    same_tol = 5e-3 if dtype == torch.float32 else 1e-4  # both stop at tol: L within ~100 tol
+
+    def apart(a, b):
+        return ((a - b).norm(dim=(-2, -1)) / x.norm(dim=(-2, -1))).max()
+
+    assert apart(again.low_rank, cold.low_rank) < same_tol
+    # The next mu of a sweep: fewer iterations, the same point as a cold start.
+    next_cold = ops.rpca(x, mu=0.5)
+    next_warm = ops.rpca(x, mu=0.5, init=cold.sparse)
+    assert next_warm.converged.all()
+    assert next_warm.iterations.sum() < next_cold.iterations.sum()
+    assert apart(next_warm.low_rank, next_cold.low_rank) < same_tol
+    # The kernel's warm start is the reference's; any strides.
+    if dtype == torch.float64:
+        init = with_layout(cold.sparse, "transposed")
+        want = reference.rpca(x, mu=0.5, init=init)
+        got = ops.rpca(x, mu=0.5, init=init)
+        assert torch.equal(got.iterations, want.iterations)
+        torch.testing.assert_close(got.low_rank, want.low_rank, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [14, 70])
+def test_non_finite_warm_start_is_confined(device, n):
+    x = _matrices((3, n, n), torch.float64, device, seed=8)
+    init = torch.zeros_like(x)
+    init[1, 2, 3] = float("inf")
+    r = ops.rpca(x, init=init)
+    assert r.converged.tolist() == [True, False, True] and r.iterations[1].item() == 0
+    assert torch.isnan(r.low_rank[1]).all()
+    torch.testing.assert_close(r.low_rank[[0, 2]], ops.rpca(x[[0, 2]]).low_rank, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [14, 70])
+@pytest.mark.parametrize("x_scale, init_value", [(1.0, 1e30), (1e-30, 1.0), (1.0, -3e38)])
+def test_warm_start_far_larger_than_x(device, n, x_scale, init_value):
+    # Such a start used to overflow once x was rescaled and came back as unflagged NaN.
+    x = _matrices((3, n, n), torch.float32, device, seed=9) * x_scale
+    init = torch.full_like(x, init_value)
+    cold = ops.rpca(x)
+    for r in (ops.rpca(x, init=init), reference.rpca(x.double(), init=init.double())):
+        assert torch.isfinite(r.low_rank).all() and torch.isfinite(r.sparse).all()
+        assert r.converged.all()
+        # In float64: the norms of 1e-30 float32 matrices underflow.
+        apart = (r.low_rank.double() - cold.low_rank.double()).norm(dim=(-2, -1)) / x.double().norm(dim=(-2, -1))
+        assert apart.max() < 5e-3
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -107,6 +210,8 @@ def test_opcheck(device):
     x = _matrices((3, 6, 5), torch.float64, device)
     torch.library.opcheck(torch.ops.pgsl_ext.rpca.default, (x,), {"mu": 0.55, "max_iter": 50})
     torch.library.opcheck(torch.ops.pgsl_ext.rpca.default, (x,), {"mu": None, "max_iter": 50})
+    torch.library.opcheck(torch.ops.pgsl_ext.rpca.default, (x,), {"max_iter": 50, "method": "apg"})
+    torch.library.opcheck(torch.ops.pgsl_ext.rpca.default, (x, torch.ones_like(x)), {"max_iter": 50})
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -124,6 +229,12 @@ def test_bad_inputs_name_the_argument(device):
         ops.rpca(x, tol=float("nan"))
     with pytest.raises(ValueError, match="`rank` >= 1"):
         ops.rpca(x, rank=0)
+    with pytest.raises(ValueError, match='`method` to be "alternating" or "apg"'):
+        ops.rpca(x, method="admm")
+    with pytest.raises(ValueError, match="`init`.*shape"):
+        ops.rpca(x, init=x[:2])
+    with pytest.raises(TypeError, match="`init` of x's dtype"):
+        ops.rpca(x, init=x.double())
     with pytest.raises(TypeError, match="`x` to be float32 or float64"):
         ops.rpca(x.long())
     with pytest.raises(ValueError, match="`x` of shape"):
@@ -135,7 +246,7 @@ def test_bad_inputs_name_the_argument(device):
 def test_zero_size_matrices(device, shape):
     # (3, 0, 4) once crashed: "cannot reshape tensor of 0 elements" (reshape(-1, m, n)).
     x = torch.zeros(shape, device=device)
-    for r in (ops.rpca(x), reference.rpca(x), ops.rpca(x, rank=2)):
+    for r in (ops.rpca(x), reference.rpca(x), ops.rpca(x, rank=2), ops.rpca(x, init=torch.zeros_like(x))):
         assert r.low_rank.shape == shape and r.sparse.shape == shape
         assert r.iterations.shape == shape[:-2] and r.converged.shape == shape[:-2]
         assert (r.iterations == 0).all() and r.converged.all()
@@ -218,3 +329,14 @@ def test_tol_zero_is_floored_and_max_iter_zero_returns_the_start(device, shape):
         assert (r.iterations == 0).all() and not r.converged.any()
         assert torch.equal(r.low_rank[1:], torch.zeros_like(x[1:])) and torch.equal(r.sparse[1:], torch.zeros_like(x[1:]))
     assert torch.isnan(ops.rpca(x, max_iter=0).low_rank[0]).all()
+    # With a warm start the starting point is (0, init); a non-finite init makes its matrix NaN.
+    x[0, 0, 0] = 0.0
+    init = with_layout(_matrices(shape, torch.float64, device, seed=8), "transposed")
+    if shape[0] > 2:
+        init[2, 0, 0] = float("inf")
+    for r in (ops.rpca(x, init=init, max_iter=0), reference.rpca(x, init=init, max_iter=0)):
+        assert (r.iterations == 0).all() and not r.converged.any()
+        assert torch.equal(r.low_rank[:2], torch.zeros_like(x[:2])) and torch.equal(r.sparse[:2], init[:2])
+    got = ops.rpca(x, init=init, max_iter=0)
+    if shape[0] > 2:
+        assert torch.isnan(got.low_rank[2]).all() and torch.isnan(got.sparse[2]).all()

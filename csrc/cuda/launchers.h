@@ -12,6 +12,7 @@
 #include "pgsl/jsma.h"
 #include "pgsl/macros.h"
 #include "pgsl/pixel_unshuffle.h"
+#include "pgsl/rpca.h"
 #include "pgsl/svd_jacobi.h"
 
 namespace pgsl {
@@ -61,6 +62,9 @@ struct RpcaKernelOptions {
   double lam, tol;
   int64_t max_iter;
   bool continuation;
+  RpcaMethod method;
+  const void* init;             // the starting S in x's dtype, or null
+  SmallBatchGeometry init_geometry;
 };
 
 cudaError_t launch_small_rpca(ScalarKind kind, const SmallBatchGeometry& g, const void* x,

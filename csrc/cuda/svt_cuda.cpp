@@ -22,14 +22,20 @@ void small_svt_cuda(const at::Tensor& x3, const at::Tensor& tau, at::Tensor& out
                                   workspace.data_ptr(), c10::cuda::getCurrentCUDAStream()));
 }
 
-void small_rpca_cuda(const at::Tensor& x3, const at::Tensor& mu0, const RpcaOptions& o,
-                     at::Tensor& low_rank, at::Tensor& sparse, at::Tensor& iterations,
-                     at::Tensor& converged) {
+void small_rpca_cuda(const at::Tensor& x3, const std::optional<at::Tensor>& init3,
+                     const at::Tensor& mu0, const RpcaOptions& o, at::Tensor& low_rank,
+                     at::Tensor& sparse, at::Tensor& iterations, at::Tensor& converged) {
   const c10::cuda::CUDAGuard guard(x3.device());
   const SmallBatchGeometry g = small_batch_geometry(x3);
   const at::Tensor mu = mu0.to(x3.scalar_type()).contiguous();
   at::Tensor workspace = at::empty({small_rpca_workspace(g)}, x3.options());
-  const RpcaKernelOptions options{o.lam, o.tol, o.max_iter, !o.mu.has_value()};
+  const RpcaKernelOptions options{o.lam,
+                                  o.tol,
+                                  o.max_iter,
+                                  !o.mu.has_value(),
+                                  o.method,
+                                  init3 ? init3->const_data_ptr() : nullptr,
+                                  init3 ? small_batch_geometry(*init3) : g};
   C10_CUDA_CHECK(launch_small_rpca(scalar_kind(x3.scalar_type()), g, x3.const_data_ptr(),
                                    mu.const_data_ptr(), options, low_rank.data_ptr(),
                                    sparse.data_ptr(), iterations.data_ptr<int64_t>(),

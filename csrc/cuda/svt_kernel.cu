@@ -2,7 +2,7 @@
 // per-matrix code the CPU kernels run (pgsl/svd_jacobi.h, pgsl/rpca.h with one
 // lane), on a per-thread slice of a global workspace. No per-matrix launches
 // and no host synchronisation: one launch covers the batch, and the RPCA
-// thread runs its whole APG loop to its own stopping point.
+// thread runs its whole loop to its own stopping point.
 #include "cuda_types.cuh"
 #include "launchers.h"
 #include "pgsl/rpca.h"
@@ -35,15 +35,18 @@ __global__ void small_rpca_kernel(SmallBatchGeometry g, const T* __restrict__ x,
                                   int64_t* iterations, bool* converged, T* workspace) {
   const int64_t M = g.rows(), N = g.cols();
   const int64_t step = int64_t(gridDim.x) * blockDim.x;  // the grid is capped (blocks_for)
+  const T* init = static_cast<const T*>(o.init);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < g.batch; i += step) {
     RpcaLanes<T, 1> s;
     s.bind(workspace + i * RpcaLanes<T, 1>::workspace(M, N), M, N);
-    rpca_load_lane<T, 1>(s, 0, M, N, [&](int64_t r, int64_t c) { return x[g.in_offset(i, r, c)]; },
-                         mu0[i], false);
+    rpca_load_lane<T, 1>(
+        s, 0, M, N, [&](int64_t r, int64_t c) { return x[g.in_offset(i, r, c)]; },
+        [&](int64_t r, int64_t c) { return init[o.init_geometry.in_offset(i, r, c)]; },
+        init != nullptr, mu0[i], false);
     bool done = false, ok = false;
     while (!done)
-      rpca_step<T, 1>(s, M, N, static_cast<T>(o.lam), o.continuation, static_cast<T>(o.tol),
-                      o.max_iter, kJacobiMaxSweeps, &done, &ok);
+      rpca_step<T, 1>(o.method, s, M, N, static_cast<T>(o.lam), o.continuation,
+                      static_cast<T>(o.tol), o.max_iter, kJacobiMaxSweeps, &done, &ok);
     rpca_store_lane<T, 1>(s, 0, M, N, [&](int64_t r, int64_t c, T low, T sp) {
       low_rank[g.out_offset(i, r, c)] = low;
       sparse[g.out_offset(i, r, c)] = sp;

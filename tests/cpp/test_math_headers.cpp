@@ -483,32 +483,45 @@ void svt_group_non_finite_lane_tests() {
 }
 
 void rpca_step_tests() {
-  // A zero matrix converges after one iteration with a zero residual (no 0/0); a rank-one
-  // matrix keeps most of itself in L.
+  // For both methods: a zero matrix converges after one iteration with a zero residual (no
+  // 0/0); a rank-one matrix keeps most of itself in L; a warm start at the solution converges
+  // in one iteration.
   const int64_t M = 3, N = 2;
-  std::vector<double> w(pgsl::RpcaLanes<double, 2>::workspace(M, N));
-  pgsl::RpcaLanes<double, 2> s;
-  s.bind(w.data(), M, N);
   const double rank_one[3][2] = {{1, 2}, {2, 4}, {3, 6}};
-  pgsl::rpca_load_lane<double, 2>(s, 0, M, N, [&](int64_t, int64_t) { return 0.0; }, 0.55, false);
-  pgsl::rpca_load_lane<double, 2>(s, 1, M, N, [&](int64_t r, int64_t c) { return rank_one[r][c]; },
-                                  0.55, false);
-  bool done[2] = {false, false}, converged[2] = {false, false};
-  pgsl::rpca_step<double, 2>(s, M, N, 1.0 / std::sqrt(3.0), false, 1e-8, 5000,
-                             pgsl::kJacobiMaxSweeps, done, converged);
-  EXPECT(done[0] && converged[0]);
-  EXPECT_EQ(s.iter[0], int64_t(1));
-  int guard = 0;
-  while (!done[1] && ++guard < 6000)
-    pgsl::rpca_step<double, 2>(s, M, N, 1.0 / std::sqrt(3.0), false, 1e-8, 5000,
-                               pgsl::kJacobiMaxSweeps, done, converged);
-  EXPECT(converged[1]);
-  double low = 0, total = 0;
-  pgsl::rpca_store_lane<double, 2>(s, 1, M, N, [&](int64_t r, int64_t c, double l, double) {
-    low += l * rank_one[r][c];
-    total += rank_one[r][c] * rank_one[r][c];
-  });
-  EXPECT(low > 0.8 * total);  // 0.85 for this matrix, as the Python reference gives
+  const double lam = 1.0 / std::sqrt(3.0);
+  auto zero = [](int64_t, int64_t) { return 0.0; };
+  auto matrix = [&](int64_t r, int64_t c) { return rank_one[r][c]; };
+  for (pgsl::RpcaMethod method : {pgsl::RpcaMethod::kAlternating, pgsl::RpcaMethod::kApg}) {
+    std::vector<double> w(pgsl::RpcaLanes<double, 2>::workspace(M, N));
+    pgsl::RpcaLanes<double, 2> s;
+    s.bind(w.data(), M, N);
+    pgsl::rpca_load_lane<double, 2>(s, 0, M, N, zero, zero, false, 0.55, false);
+    pgsl::rpca_load_lane<double, 2>(s, 1, M, N, matrix, zero, false, 0.55, false);
+    bool done[2] = {false, false}, converged[2] = {false, false};
+    pgsl::rpca_step<double, 2>(method, s, M, N, lam, false, 1e-8, 5000, pgsl::kJacobiMaxSweeps, done,
+                               converged);
+    EXPECT(done[0] && converged[0]);
+    EXPECT_EQ(s.iter[0], int64_t(1));
+    int guard = 0;
+    while (!done[1] && ++guard < 6000)
+      pgsl::rpca_step<double, 2>(method, s, M, N, lam, false, 1e-8, 5000, pgsl::kJacobiMaxSweeps,
+                                 done, converged);
+    EXPECT(converged[1]);
+    double low = 0, total = 0, solution[3][2];
+    pgsl::rpca_store_lane<double, 2>(s, 1, M, N, [&](int64_t r, int64_t c, double l, double sp) {
+      low += l * rank_one[r][c];
+      total += rank_one[r][c] * rank_one[r][c];
+      solution[r][c] = sp;
+    });
+    EXPECT(low > 0.8 * total);  // 0.85 for this matrix, as the Python reference gives
+    if (method == pgsl::RpcaMethod::kAlternating) {
+      pgsl::rpca_load_lane<double, 2>(s, 1, M, N, matrix, [&](int64_t r, int64_t c) { return solution[r][c]; },
+                                      true, 0.55, false);
+      pgsl::rpca_step<double, 2>(method, s, M, N, lam, false, 1e-8, 5000, pgsl::kJacobiMaxSweeps, done,
+                                 converged);
+      EXPECT(done[1] && converged[1]);
+    }
+  }
   EXPECT(pgsl::rpca_tolerance_floor(true) > pgsl::rpca_tolerance_floor(false));
 }
 

@@ -1,15 +1,22 @@
 // The fused RPCA iteration for small matrices, shared by the CPU kernel (L
 // matrices per SIMD lane group, lanes refilled as matrices finish) and the
-// CUDA kernel (one matrix per thread, L = 1). See csrc/rpca.cpp for the maths.
+// CUDA kernel (one matrix per thread, L = 1). See csrc/rpca.cpp for the maths
+// of both methods (kAlternating, the default, and kApg).
 //
 // Each lane holds one matrix, exactly rescaled by a power of two at load (the
 // problem is homogeneous: L, S and mu scale with X). The SVT step warm-starts
-// Jacobi from the previous iteration's right singular vectors, so a sweep or
-// two suffices after the first iterations. The accumulated rotations slowly
-// erode V's orthogonality, and in float32 that error grows with every
-// warm-started iteration (measured: 64 x 64, 100 iterations, 2e-3 relative with
-// a reset every 64 iterations, 3e-5 every 8, 1.4e-5 for cold starts), so V is
-// reset to the identity every kVResetPeriod iterations.
+// Jacobi from the previous iteration's right singular vectors, so a few sweeps
+// suffice after the first iterations. The accumulated rotations slowly erode
+// V's orthogonality, and in float32 that error grows with every warm-started
+// iteration (measured: 64 x 64, 100 iterations, 2e-3 relative with a reset
+// every 64 iterations, 3e-5 every 8, 1.4e-5 for cold starts), so every
+// kVResetPeriod iterations V is restored: the alternating method
+// re-orthonormalises it (modified Gram-Schmidt, N^3 flops, keeping the warm
+// start: measured on activation maps, 5.5 instead of 7.1 sweeps per
+// iteration), the APG resets it to the identity (unchanged since it landed).
+// The alternating method's sweeps leave alone columns below eps ||X||
+// (svd_jacobi.h, jacobi_sweeps: on activation maps 7 instead of 37 sweeps per
+// iteration, the same result).
 #pragma once
 
 #include <cmath>
@@ -22,6 +29,11 @@
 namespace pgsl {
 
 constexpr int kVResetPeriod = 8;
+
+enum class RpcaMethod : int {
+  kAlternating = 0,  // FISTA on S with L minimised out, adaptive restart (csrc/rpca.cpp)
+  kApg = 1,          // accelerated proximal gradient on (L, S), step 1/2 (Lin et al. 2009)
+};
 
 // Continuation schedule (mu=None): mu_0 = 0.99 ||X||_2,
 // mu_{k+1} = max(0.9 mu_k, 1e-5 mu_0) (Lin et al. 2009).
@@ -52,29 +64,35 @@ struct RpcaLanes {
   }
 };
 
-// Loads lane l: X from load(r, c) (M x N work coordinates), zero iterates,
-// V = I; mu0 is the starting relaxation (fixed mu, or mu_0 of the
-// continuation). A lane given no matrix (load == nullptr path: `empty`) holds
-// zeros and finishes after one iteration.
-template <typename T, int L, typename Load>
+// Loads lane l: X from load(r, c) (M x N work coordinates), V = I, and the
+// iterates: zero, or with `warm`, S = init(r, c) (in X's units; L starts at
+// zero, since both methods compute L from S first). mu0 is the starting
+// relaxation (fixed mu, or mu_0 of the continuation). A lane given no matrix
+// (`empty`) holds zeros and finishes after one iteration. A non-finite entry
+// of X or of the start makes the lane non-finite (stored as all-NaN).
+template <typename T, int L, typename Load, typename Init>
 PGSL_HOST_DEVICE void rpca_load_lane(RpcaLanes<T, L>& s, int l, int64_t M, int64_t N, Load&& load,
-                                     T mu0, bool empty) {
+                                     Init&& init, bool warm, T mu0, bool empty) {
   T amax = T(0);
   bool finite = true;
   for (int64_t e = 0; e < M * N; ++e) {
     const T v = empty ? T(0) : load(e % M, e / M);
+    const T s0 = empty || !warm ? T(0) : init(e % M, e / M);
     s.X[e * L + l] = v;
+    s.Sk[e * L + l] = s0;
     const bool ok = std::isfinite(v);
-    finite = finite && ok;
+    finite = finite && ok && std::isfinite(s0);
     amax = ok && std::fabs(v) > amax ? std::fabs(v) : amax;
   }
   const T scale = exact_scale_for<T>(amax);
   T norm2 = T(0);
   for (int64_t e = 0; e < M * N; ++e) {
     const T v = finite ? s.X[e * L + l] * scale : T(0);
+    const T s0 = finite ? s.Sk[e * L + l] * scale : T(0);
     s.X[e * L + l] = v;
     norm2 += v * v;
-    s.Lk[e * L + l] = s.Lp[e * L + l] = s.Sk[e * L + l] = s.Sp[e * L + l] = T(0);
+    s.Lk[e * L + l] = s.Lp[e * L + l] = T(0);
+    s.Sk[e * L + l] = s.Sp[e * L + l] = s0;
   }
   for (int64_t c = 0; c < N; ++c)
     for (int64_t r = 0; r < N; ++r) s.V[(c * N + r) * L + l] = r == c ? T(1) : T(0);
@@ -87,10 +105,109 @@ PGSL_HOST_DEVICE void rpca_load_lane(RpcaLanes<T, L>& s, int l, int64_t M, int64
   s.finite[l] = finite;
 }
 
+// Resets V to the identity on the lanes that start a reset period.
+template <typename T, int L>
+PGSL_HOST_DEVICE void rpca_reset_v(RpcaLanes<T, L>& s, int64_t N) {
+  for (int l = 0; l < L; ++l)
+    if (s.iter[l] % kVResetPeriod == 0)
+      for (int64_t c = 0; c < N; ++c)
+        for (int64_t r = 0; r < N; ++r) s.V[(c * N + r) * L + l] = r == c ? T(1) : T(0);
+}
+
+// Re-orthonormalises V (modified Gram-Schmidt on its columns) on the lanes
+// that start a reset period.
+template <typename T, int L>
+PGSL_HOST_DEVICE void rpca_reorthonormalize_v(RpcaLanes<T, L>& s, int64_t N) {
+  for (int l = 0; l < L; ++l) {
+    if (s.iter[l] % kVResetPeriod != 0 || s.iter[l] == 0) continue;
+    for (int64_t c = 0; c < N; ++c) {
+      T* v = s.V + c * N * L + l;
+      for (int64_t p = 0; p < c; ++p) {
+        const T* u = s.V + p * N * L + l;
+        T dot = T(0);
+        for (int64_t r = 0; r < N; ++r) dot += u[r * L] * v[r * L];
+        for (int64_t r = 0; r < N; ++r) v[r * L] -= dot * u[r * L];
+      }
+      T norm2 = T(0);
+      for (int64_t r = 0; r < N; ++r) norm2 += v[r * L] * v[r * L];
+      const T inv = T(1) / std::sqrt(norm2);
+      for (int64_t r = 0; r < N; ++r) v[r * L] *= inv;
+    }
+  }
+}
+
+// One iteration of the alternating method on every lane:
+//     Y = S_k + beta_k (S_k - S_{k-1})
+//     L = svt(X - Y, mu),  S_{k+1} = soft_threshold(X - L, lam mu)
+// with the residual ||S_{k+1} - Y|| (the L part of a subgradient of the
+// objective at (L, S_{k+1}); the S part is zero) and the gradient restart of
+// O'Donoghue & Candes: when (Y - S_{k+1}) . (S_{k+1} - S_k) > 0, the momentum
+// restarts. On return, done[l] says lane l has finished (converged[l]: by the
+// tolerance; otherwise by max_iter).
+template <typename T, int L>
+PGSL_HOST_DEVICE void rpca_alternating_step(RpcaLanes<T, L>& s, int64_t M, int64_t N, T lam,
+                                            bool continuation, T tol, int64_t max_iter,
+                                            int max_sweeps, bool* done, bool* converged) {
+  const int64_t size = M * N;
+  T beta[L], shrink_s[L], tau[L];
+  PGSL_SIMD
+  for (int l = 0; l < L; ++l) {
+    beta[l] = (s.tp[l] - T(1)) / s.t[l];
+    shrink_s[l] = lam * s.mu[l];
+    tau[l] = s.mu[l];
+  }
+  for (int64_t e = 0; e < size; ++e) {
+    PGSL_SIMD
+    for (int l = 0; l < L; ++l) {
+      const int64_t k = e * L + l;
+      const T sk = s.Sk[k];
+      const T y = sk + beta[l] * (sk - s.Sp[k]);
+      s.Sp[k] = sk;
+      s.YS[k] = y;
+      s.A[k] = s.X[k] - y;
+    }
+  }
+  rpca_reorthonormalize_v<T, L>(s, N);
+  multiply_right<T, L>(s.A, s.V, M, N, s.row);
+  T negligible2[L];
+  for (int l = 0; l < L; ++l) negligible2[l] = Epsilon<T>::value * Epsilon<T>::value * s.x_norm[l] * s.x_norm[l];
+  jacobi_sweeps<T, L>(s.A, s.V, M, N, max_sweeps, negligible2);
+  bool residual[L];
+  shrink_columns<T, L>(s.A, M, N, tau, nullptr, residual);
+  // L, the S update, the residual and the restart test in one pass.
+  T res2[L], descent[L];
+  for (int l = 0; l < L; ++l) res2[l] = descent[l] = T(0);
+  reconstruct<T, L>(s.A, s.V, M, N, [&](int l, int64_t r, int64_t c, T v) {
+    const int64_t k = (c * M + r) * L + l;
+    const T x = s.X[k], y = s.YS[k];
+    const T low = residual[l] ? (x - y) - v : v;
+    const T sparse = soft_threshold_value<T>(x - low, shrink_s[l]);
+    const T step = sparse - y;
+    s.Lk[k] = low;
+    s.Sk[k] = sparse;
+    res2[l] += step * step;
+    descent[l] += step * (sparse - s.Sp[k]);
+  });
+  for (int l = 0; l < L; ++l) {
+    const bool small = std::sqrt(res2[l]) < tol * s.x_norm[l];
+    const bool ok = small && (!continuation || s.mu[l] <= s.mu_floor[l]);
+    if (continuation) {
+      const T next = T(kContinuationDecay) * s.mu[l];
+      s.mu[l] = next > s.mu_floor[l] ? next : s.mu_floor[l];
+    }
+    const bool restart = descent[l] < T(0);
+    s.tp[l] = restart ? T(1) : s.t[l];
+    s.t[l] = restart ? T(1) : (T(1) + std::sqrt(T(1) + T(4) * s.t[l] * s.t[l])) / T(2);
+    s.iter[l] += 1;
+    converged[l] = ok;
+    done[l] = ok || s.iter[l] >= max_iter;
+  }
+}
+
 // One APG iteration on every lane. On return, done[l] says lane l has
 // finished (converged[l]: by the tolerance; otherwise by max_iter).
 template <typename T, int L>
-PGSL_HOST_DEVICE void rpca_step(RpcaLanes<T, L>& s, int64_t M, int64_t N, T lam, bool continuation,
+PGSL_HOST_DEVICE void rpca_apg_step(RpcaLanes<T, L>& s, int64_t M, int64_t N, T lam, bool continuation,
                                 T tol, int64_t max_iter, int max_sweeps, bool* done, bool* converged) {
   const int64_t size = M * N;
   T beta[L], shrink_s[L], tau[L];
@@ -118,14 +235,7 @@ PGSL_HOST_DEVICE void rpca_step(RpcaLanes<T, L>& s, int64_t M, int64_t N, T lam,
     }
   }
   // The nuclear-norm prox: warm-started Jacobi SVT of A into Lk.
-  bool reset = false;
-  for (int l = 0; l < L; ++l) reset = reset || (s.iter[l] % kVResetPeriod == 0);
-  if (reset) {
-    for (int l = 0; l < L; ++l)
-      if (s.iter[l] % kVResetPeriod == 0)
-        for (int64_t c = 0; c < N; ++c)
-          for (int64_t r = 0; r < N; ++r) s.V[(c * N + r) * L + l] = r == c ? T(1) : T(0);
-  }
+  rpca_reset_v<T, L>(s, N);
   multiply_right<T, L>(s.A, s.V, M, N, s.row);
   jacobi_sweeps<T, L>(s.A, s.V, M, N, max_sweeps);
   bool residual[L];
@@ -164,6 +274,16 @@ PGSL_HOST_DEVICE void rpca_step(RpcaLanes<T, L>& s, int64_t M, int64_t N, T lam,
     converged[l] = ok;
     done[l] = ok || s.iter[l] >= max_iter;
   }
+}
+
+template <typename T, int L>
+PGSL_HOST_DEVICE void rpca_step(RpcaMethod method, RpcaLanes<T, L>& s, int64_t M, int64_t N, T lam,
+                                bool continuation, T tol, int64_t max_iter, int max_sweeps, bool* done,
+                                bool* converged) {
+  if (method == RpcaMethod::kApg)
+    rpca_apg_step<T, L>(s, M, N, lam, continuation, tol, max_iter, max_sweeps, done, converged);
+  else
+    rpca_alternating_step<T, L>(s, M, N, lam, continuation, tol, max_iter, max_sweeps, done, converged);
 }
 
 // Writes lane l's L and S (rescaled back; all-NaN for a non-finite input)

@@ -103,9 +103,14 @@ PGSL_HOST_DEVICE void rotate_columns(T* ai, T* aj, int64_t rows, const T* c, con
 // Cyclic one-sided Jacobi sweeps on L matrices of M x N (M >= N), rotating the
 // columns of A and accumulating the rotations into V (N x N, same layout).
 // Stops after the first sweep in which no lane rotated; returns the number of
-// sweeps run.
+// sweeps run. `negligible2` (per lane, or null): a pair whose smaller squared
+// column norm is at most this is left alone. A rank-deficient A (ReLU maps
+// with zero rows) has columns at the rounding level of the matrix, which never
+// pass the relative test (each rotation of a large column adds more rounding
+// than they hold), so without a floor every call runs max_sweeps.
 template <typename T, int L>
-PGSL_HOST_DEVICE int jacobi_sweeps(T* A, T* V, int64_t M, int64_t N, int max_sweeps) {
+PGSL_HOST_DEVICE int jacobi_sweeps(T* A, T* V, int64_t M, int64_t N, int max_sweeps,
+                                   const T* negligible2 = nullptr) {
   const T tol = jacobi_tolerance<T>(M);
   int sweep = 0;
   while (sweep < max_sweeps) {
@@ -130,7 +135,10 @@ PGSL_HOST_DEVICE int jacobi_sweeps(T* A, T* V, int64_t M, int64_t N, int max_swe
         }
         int any = 0;
         PGSL_SIMD_ANY
-        for (int l = 0; l < L; ++l) any |= int(jacobi_rotation<T>(alpha[l], beta[l], gamma[l], tol, c[l], s[l]));
+        for (int l = 0; l < L; ++l) {
+          const bool negligible = negligible2 != nullptr && (alpha[l] < beta[l] ? alpha[l] : beta[l]) <= negligible2[l];
+          any |= int(jacobi_rotation<T>(alpha[l], beta[l], negligible ? T(0) : gamma[l], tol, c[l], s[l]));
+        }
         if (!any) continue;
         rotated = true;
         rotate_columns<T, L>(ai, aj, M, c, s);

@@ -358,12 +358,19 @@ void small_svt_emulated(const Tensor& x3, const Tensor& tau, Tensor& out, Tensor
             cudaSuccess);
 }
 
-void small_rpca_emulated(const Tensor& x3, const Tensor& mu0, const pgsl::RpcaOptions& o, Tensor& low_rank,
-                         Tensor& sparse, Tensor& iterations, Tensor& converged) {
+void small_rpca_emulated(const Tensor& x3, const std::optional<Tensor>& init3, const Tensor& mu0,
+                         const pgsl::RpcaOptions& o, Tensor& low_rank, Tensor& sparse, Tensor& iterations,
+                         Tensor& converged) {
   const pgsl::SmallBatchGeometry g = pgsl::small_batch_geometry(x3);
   const Tensor mu = mu0.to(x3.scalar_type()).contiguous();
   Tensor workspace = at::empty({pgsl::small_rpca_workspace(g)}, x3.options());
-  const pgsl::RpcaKernelOptions options{o.lam, o.tol, o.max_iter, !o.mu.has_value()};
+  const pgsl::RpcaKernelOptions options{o.lam,
+                                        o.tol,
+                                        o.max_iter,
+                                        !o.mu.has_value(),
+                                        o.method,
+                                        init3 ? init3->const_data_ptr() : nullptr,
+                                        init3 ? pgsl::small_batch_geometry(*init3) : g};
   EXPECT_EQ(pgsl::launch_small_rpca(pgsl::scalar_kind(x3.scalar_type()), g, x3.const_data_ptr(),
                                     mu.const_data_ptr(), options, low_rank.data_ptr(), sparse.data_ptr(),
                                     iterations.data_ptr<int64_t>(), converged.data_ptr<bool>(),
@@ -421,25 +428,35 @@ void rpca_tests() {
     for (at::ScalarType dtype : kReal) {
       for (const std::vector<int64_t>& shape : {std::vector<int64_t>{0, 4, 4}, {4, 6, 5}, {3, 5, 8}, {66, 4, 3}}) {
         const Tensor x = matrices(shape, dtype, "transposed", 7);
-        for (std::optional<double> mu : {std::optional<double>(0.55), std::optional<double>()}) {
-          const std::string what = describe(x.sizes(), dtype, std::string("rpca ") + (mu ? "mu=0.55" : "continuation"));
-          const auto out = under_every_schedule(
-              [&] {
-                const auto [low, sparse, iters, conv] =
-                    pgsl::rpca_op<&small_svt_emulated, &small_rpca_emulated>(x, mu, std::nullopt, 1000, 1e-7, std::nullopt, std::nullopt);
-                return std::vector<Tensor>{low, sparse, iters, conv};
-              },
-              what);
-          if (out.size() != 4) continue;
-          const auto [low, sparse, iters, conv] =
-              pgsl::rpca_op<&pgsl::small_svt_cpu, &pgsl::small_rpca_cpu>(x, mu, std::nullopt, 1000, 1e-7, std::nullopt, std::nullopt);
-          // More tolerance than svt: the iteration amplifies rounding differences.
-          const double rtol = dtype == at::kFloat ? 1e-3 : 1e-9;
-          expect_close(out[0], low, rtol, what + " low_rank");
-          expect_close(out[1], sparse, rtol, what + " sparse");
-          if (!at::equal(out[3], conv)) pgsl_test::fail(__FILE__, __LINE__, what + ": converged flags differ");
-          const int64_t iter_diff = x.size(0) > 0 ? (out[2] - iters).abs().max().item<int64_t>() : 0;
-          if (iter_diff > 2) pgsl_test::fail(__FILE__, __LINE__, what + ": iteration counts differ by " + std::to_string(iter_diff));
+        // A warm start with its own strides (the kernel reads it through its own geometry).
+        const Tensor init = with_layout(0.1 * at::randn(shape, at::kDouble).to(dtype), "sliced");
+        for (const char* method : {"alternating", "apg"}) {
+          for (std::optional<double> mu : {std::optional<double>(0.55), std::optional<double>()}) {
+            for (bool warm : {false, true}) {
+              const std::optional<Tensor> start = warm ? std::optional<Tensor>(init) : std::nullopt;
+              const std::string what =
+                  describe(x.sizes(), dtype, std::string("rpca ") + method + (mu ? " mu=0.55" : " continuation") +
+                                                 (warm ? " init" : ""));
+              const auto out = under_every_schedule(
+                  [&] {
+                    const auto [low, sparse, iters, conv] = pgsl::rpca_op<&small_svt_emulated, &small_rpca_emulated>(
+                        x, start, mu, std::nullopt, 1000, 1e-7, std::nullopt, method, std::nullopt);
+                    return std::vector<Tensor>{low, sparse, iters, conv};
+                  },
+                  what);
+              if (out.size() != 4) continue;
+              const auto [low, sparse, iters, conv] = pgsl::rpca_op<&pgsl::small_svt_cpu, &pgsl::small_rpca_cpu>(
+                  x, start, mu, std::nullopt, 1000, 1e-7, std::nullopt, method, std::nullopt);
+              // More tolerance than svt: the iteration amplifies rounding differences.
+              const double rtol = dtype == at::kFloat ? 1e-3 : 1e-9;
+              expect_close(out[0], low, rtol, what + " low_rank");
+              expect_close(out[1], sparse, rtol, what + " sparse");
+              if (!at::equal(out[3], conv)) pgsl_test::fail(__FILE__, __LINE__, what + ": converged flags differ");
+              const int64_t iter_diff = x.size(0) > 0 ? (out[2] - iters).abs().max().item<int64_t>() : 0;
+              if (iter_diff > 2)
+                pgsl_test::fail(__FILE__, __LINE__, what + ": iteration counts differ by " + std::to_string(iter_diff));
+            }
+          }
         }
       }
     }
