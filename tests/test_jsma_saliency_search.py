@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pgsl_ext import ops, reference
-from conftest import DEVICES, LAYOUTS, with_layout
+from tests.common_utils import DEVICES, LAYOUTS, with_layout
 
 DTYPES = [torch.float32, torch.float64]
 KINDS = ["normal", "ties", "cauchy", "frontier", "overflow", "special", "underflow", "sparse"]

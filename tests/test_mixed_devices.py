@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pgsl_ext import ops
-from conftest import cuda
+from tests.common_utils import cuda
 
 _backward = torch.ops.pgsl_ext.pixel_unshuffle_concat_backward.default
 

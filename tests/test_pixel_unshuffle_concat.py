@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from pgsl_ext import ops, reference
-from conftest import DEVICES, FLOAT_DTYPES, with_layout
+from tests.common_utils import DEVICES, FLOAT_DTYPES, with_layout
 
 # (B, C, H, W, factor): batch 0, one pixel block, awkward and realistic sizes.
 CASES = [

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pgsl_ext import ops, reference
-from conftest import DEVICES, FLOAT_DTYPES, LAYOUTS, with_layout
+from tests.common_utils import DEVICES, FLOAT_DTYPES, LAYOUTS, with_layout
 
 SHAPES = [(), (0,), (0, 3), (1,), (59,), (7, 97), (3, 14, 14), (2, 3, 1025), (4, 1, 5, 5)]
 

