@@ -1,7 +1,10 @@
-"""What the benchmark files share: the shape grid, devices, byte counts and bench naming.
+"""What the benchmark files share: the shape grid, byte counts, bench naming and the machine
+facts of a results header. Devices (and the CUDA marks), input builders and the MNIST helpers are
+the tests' own: ``tests/common_utils.py``.
 
-Imported by ``bench/conftest.py`` (fixtures), both ``bench/test_bench_*.py`` files and
-``bench/table.py`` (which reads back the names and ``extra_info`` keys written here).
+Imported by ``bench/conftest.py`` (fixtures), the ``bench/test_bench_*.py`` files, the
+tabulating modules (``bench/bandwidth.py``, ``bench/svt_rpca.py``, which read back the names and
+``extra_info`` keys written here) and the script-style suites (``bench/bench_*.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
 
-import pytest
 import torch
 
 import pgsl_ext
@@ -35,18 +37,6 @@ FACTOR = 2
 # once in and once out: "copy" into a tensor allocated once beforehand, "alloc_copy" into a
 # fresh tensor every call (what an op that returns a new tensor pays for its output).
 COPY_PROVIDERS = ("copy", "alloc_copy")
-
-REQUIRE_CUDA = os.environ.get("PGSL_REQUIRE_CUDA", "") == "1"
-HAVE_CUDA = torch.cuda.is_available() and bool(pgsl_ext.build_info()["cuda"])
-
-# CUDA cases are marked, not dropped: they run wherever a GPU and the CUDA kernels exist, and
-# with PGSL_REQUIRE_CUDA=1 a missing GPU fails them instead of skipping them.
-cuda_only = pytest.mark.skipif(
-    not HAVE_CUDA and not REQUIRE_CUDA,
-    reason="needs a CUDA device and a build with CUDA kernels (PGSL_REQUIRE_CUDA=1 fails instead)",
-)
-DEVICES = ("cpu", pytest.param("cuda", marks=[pytest.mark.cuda, cuda_only]))
-
 
 def shape_id(shape: Sequence[int]) -> str:
     """``(128, 1, 28, 28)`` -> ``"128x1x28x28"``."""
@@ -80,7 +70,7 @@ def gbps(bytes_moved: float, seconds: float) -> float:
 # --------------------------------------------------------------------------- the machine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# What bench/table.py writes: left out of the "-dirty" check, or a rerun would always be dirty.
+# What bench/results.py writes: left out of the "-dirty" check, or a rerun would always be dirty.
 OUTPUT_PATHS = ("bench/RESULTS.md", "bench/results_*.png")
 
 
@@ -147,6 +137,12 @@ def cpu_availability(seconds: float = 0.5) -> float:
     for p in procs:
         p.join()
     return sum(shares) / len(shares)
+
+
+def machine_summary() -> str:
+    """One line for a results header: CPU model, logical CPUs, torch and its thread count."""
+    return (f"{cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads)")
 
 
 def environment() -> Dict[str, object]:

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -37,7 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pgsl_ext  # noqa: E402
+from bench._common import git_commit, machine_summary  # noqa: E402
+from bench.results import marked, update_results  # noqa: E402
 from pgsl_ext import attacks, ops, reference  # noqa: E402
+from tests.common_utils import mnist_classifier  # noqa: E402
 
 
 # --------------------------------------------------------------------------- helpers
@@ -89,20 +91,12 @@ def fmt_bytes(n: float) -> str:
 
 
 def mnist_model():
-    """The LeNet (pgsl.models.SmallCNN) trained 4 epochs on mnist5k's 4,000 training digits
-    (seeded); returns it with the 1,000 test digits and its accuracy on them."""
-    from pgsl.data import load_mnist5k
-    from pgsl.models import SmallCNN, fit_classifier
-
-    ds = load_mnist5k()
-    x, y = torch.cat([ds.train.x, ds.val.x]), torch.cat([ds.train.y, ds.val.y])
-    torch.manual_seed(0)
-    model = fit_classifier(SmallCNN(), x, y, epochs=4)
+    """The LeNet of the tests (tests/common_utils.py), trained 4 epochs; returns it frozen with the
+    1,000 test digits and its accuracy on them."""
+    model, x, y, accuracy = mnist_classifier(epochs=4)
     for p in model.parameters():
         p.requires_grad_(False)
-    with torch.no_grad():
-        accuracy = (model(ds.test.x).argmax(1) == ds.test.y).float().mean().item()
-    return model, ds.test.x, ds.test.y, accuracy
+    return model, x, y, accuracy
 
 
 def summary(adversarial, x, success):
@@ -266,25 +260,6 @@ def bench_search(model, x, y, measure="time"):
     return rows, big
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
 def targets(attack_rows, search_rows):
     """The issue's CPU targets, each with the measured value and whether it is met."""
     lines = ["### Targets (2-core CPU)", "", "| target | measured | met |", "| --- | --- | --- |"]
@@ -324,8 +299,8 @@ def render(accuracy, attack_rows, notes, search_rows, big) -> str:
     out = []
     out.append("## jsma")
     out.append("")
-    out.append(f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}; "
-               f"commit {commit()}; pgsl_ext build: CUDA kernels {'compiled' if pgsl_ext.build_info()['cuda'] else 'absent'}, "
+    out.append(f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine_summary()}; "
+               f"commit {git_commit()}; pgsl_ext build: CUDA kernels {'compiled' if pgsl_ext.build_info()['cuda'] else 'absent'}, "
                f"not run (no GPU here). `PYTHONPATH=. python bench/bench_jsma.py --write bench/RESULTS.md`.")
     out.append("")
     out.append(f"### Attack: MNIST digits, LeNet ({accuracy * 100:.1f}% test accuracy), theta=1, gamma=0.1")
@@ -366,12 +341,9 @@ def render(accuracy, attack_rows, notes, search_rows, big) -> str:
 
 
 def write_section(path: Path, section: str, heading: str = "## jsma") -> None:
-    """Replace this benchmark's section of the results file (or add it), in the marked-section
-    format that ``bench/table.py`` keeps when it rewrites the file."""
-    from bench.table import update_results  # noqa: E402 (bench/ is importable from the repo root)
-
+    """Replace this benchmark's section of the results file (or add it)."""
     key = "jsma-cuda" if "CUDA" in heading else "jsma"
-    update_results(path, {key: f"<!-- bench:{key} -->\n{section.rstrip()}\n<!-- /bench:{key} -->\n"})
+    update_results(path, {key: marked(key, section)})
 
 
 def bench_cuda(model, x, y, device="cuda") -> str:
@@ -383,7 +355,7 @@ def bench_cuda(model, x, y, device="cuda") -> str:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{dev} (dry run of the device check)"
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     lines = ["## jsma (CUDA)", "", f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
-             f"{name}; commit {commit()}. "
+             f"{name}; commit {git_commit()}. "
              "`PYTHONPATH=. python bench/bench_jsma.py --cuda-only --write bench/RESULTS.md`.", ""]
 
     def cuda_time(fn, repeats=10):

@@ -26,8 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "python")]
 
-from bench.bench_jsma import commit, machine  # noqa: E402
-from bench.table import update_results  # noqa: E402
+from bench._common import git_commit, machine_summary  # noqa: E402
+from bench.results import marked, update_results  # noqa: E402
 from pgsl.data import load_mnist5k  # noqa: E402
 from pgsl.split import Client, Server, SplitConfig  # noqa: E402
 from pgsl.transport import LocalHub  # noqa: E402
@@ -104,7 +104,7 @@ def main(argv=None):
 
     ext, ref = rows["ext"], rows["reference"]
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, commit `{commit()}`, torch {torch.__version__}, "
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine_summary()}, commit `{git_commit()}`, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads. `PYTHONPATH=.:python python bench/bench_train_step.py --steps {args.steps} "
         f"--rpca-iters {args.rpca_iters}`. MNIST batch {BATCH}, mu 0.55, rpca capped at {args.rpca_iters} iterations; "
         f"median of {args.steps} steps after a warm-up. rpca low-rank parts of the two providers agree to {error:.1e} "
@@ -123,8 +123,7 @@ def main(argv=None):
     section = "## PGSL training step (CPU)\n\n" + "\n".join(lines) + "\n"
     print(section)
     if args.write is not None:
-        key = "train-step"
-        update_results(args.write, {key: f"<!-- bench:{key} -->\n{section.rstrip()}\n<!-- /bench:{key} -->\n"})
+        update_results(args.write, {"train-step": marked("train-step", section)})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Fixtures shared by the benchmark files: the device x shape grid, the bandwidth-ceiling
 providers ("copy", "alloc_copy") and ``bench_provider``, which checks correctness and then
-times one provider, recording what ``bench/table.py`` needs in ``benchmark.extra_info``.
+times one provider, recording what ``bench/bandwidth.py`` needs in ``benchmark.extra_info``.
 
 Run the suite with ``python -m bench.table`` (which also writes the Markdown table), or
 directly: ``python -m pytest bench --benchmark-json=out.json``.
@@ -17,7 +17,6 @@ import torch
 
 from bench._common import (
     COPY_PROVIDERS,
-    DEVICES,
     SHAPES,
     cpu_availability,
     environment,
@@ -25,6 +24,7 @@ from bench._common import (
     nbytes,
     shape_id,
 )
+from tests.common_utils import DEVICES
 
 CUDA_MIN_LOOP_S = 1e-3
 _session_start: Dict[str, object] = {}

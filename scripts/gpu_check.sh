@@ -83,11 +83,11 @@ step "CMake build + ctest (PGSL_REQUIRE_CUDA=1)" \
 # ---------------------------------------------------------------------------- 4. benchmarks
 bench_svt_cuda() {
   "$VPY" - <<'EOF'
-from bench import compute_table, table
-compute_table.run(compute_table.DEFAULT_JSON, ["-m", "cuda"])
-sections = {k: v for k, v in compute_table.sections(compute_table.DEFAULT_JSON).items() if k.endswith("cuda")}
+from bench import results, svt_rpca
+svt_rpca.run(svt_rpca.DEFAULT_JSON, ["-m", "cuda"])
+sections = {k: v for k, v in svt_rpca.sections(svt_rpca.DEFAULT_JSON).items() if k.endswith("cuda")}
 assert sections, "no CUDA svt/rpca benchmark ran"
-table.update_results(table.DEFAULT_RESULTS, sections)
+results.update_results(results.DEFAULT_RESULTS, sections)
 EOF
 }
 step "benchmarks: bandwidth ops (CUDA)" "$VPY" -m bench.table --suite bandwidth -- -m cuda
@@ -119,8 +119,8 @@ mkdir -p "$ROOT/build"
 "$VPY" - "$ROOT/build/gpu_check_section.md" <<'EOF'
 import sys
 from pathlib import Path
-from bench import table
-table.update_results(table.DEFAULT_RESULTS, {"gpu-check": Path(sys.argv[1]).read_text()})
+from bench import results
+results.update_results(results.DEFAULT_RESULTS, {"gpu-check": Path(sys.argv[1]).read_text()})
 EOF
 cat "$ROOT/build/gpu_check_section.md"
 echo "gpu_check: wrote bench/RESULTS.md; total ${total} s"

@@ -1,13 +1,13 @@
 """rpca methods: iterations and time to the same fixed point, per matrix family.
 
-    PYTHONPATH=. python bench/bench_rpca.py [--quick] [--write bench/RESULTS.md]
+    PYTHONPATH=. python bench/bench_rpca_methods.py [--quick] [--write bench/RESULTS.md]
 
 Providers, side by side in one run, interleaved, best of ``--repeats``:
   * ``alternating``: pgsl_ext.ops.rpca, the default method (FISTA on S with L minimised out,
     gradient restart),
   * ``apg``: pgsl_ext.ops.rpca(method="apg"), the fused APG the op ran before,
   * ``plain APG``: pgsl_ext.reference.rpca(method="apg"), the plain-PyTorch loop.
-Families (tests/rpca_families.py): PGSL activation maps (conv-ReLU-BN, 3x3, 64 channels, of real
+Families (tests/common_utils.py): PGSL activation maps (conv-ReLU-BN, 3x3, 64 channels, of real
 MNIST digits after pixel_unshuffle_concat with a zero perturbation), Gaussian 14 x 14, the tests'
 low-rank + sparse 24 x 24, digits upsampled to 64 x 64 and 512 x 512. mu = 0.55, lam default,
 tol 1e-7 (floored at 7.6e-6 in float32). Correctness before timing: every provider's L within
@@ -29,11 +29,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-import rpca_families as families  # noqa: E402
 from bench._common import environment  # noqa: E402
+from bench.results import marked, update_results  # noqa: E402
 from pgsl_ext import ops, reference  # noqa: E402
+from tests import common_utils as families  # noqa: E402
 
 MU = 0.55
 PROVIDERS = {
@@ -210,9 +210,7 @@ def main(argv=None):
     section = render(rows, caps, tols, warm, environment())
     print(section)
     if args.write:
-        from bench.table import update_results
-
-        update_results(args.write, {"rpca-methods": f"<!-- bench:rpca-methods -->\n{section.rstrip()}\n<!-- /bench:rpca-methods -->\n"})
+        update_results(args.write, {"rpca-methods": marked("rpca-methods", section)})
 
 
 if __name__ == "__main__":

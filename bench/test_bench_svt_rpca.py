@@ -4,7 +4,7 @@ CuPy on a GPU, where installed), and the plain-PyTorch APG loop, side by side in
 Each case checks accuracy before timing: the max error against a float64 reference, relative
 to the largest entry of the reference, must be at most twice torch's own error at the same
 precision (plus float32 rounding). The error and the model FLOP count go into ``extra_info``;
-``bench/table.py`` reports speed-ups, errors and the share of the FLOP floor reached (model
+``bench/svt_rpca.py`` reports speed-ups, errors and the share of the FLOP floor reached (model
 FLOPs at the GEMM rate measured in the same run).
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench._common import DEVICES, cuda_only
 from pgsl_ext import ops, reference
+from tests.common_utils import DEVICES
 
 DTYPE = torch.float32
 
@@ -171,7 +171,7 @@ def test_svt(benchmark, gemm_flops_per_s, device, case, provider):
 # (conv-ReLU-BN output: standardised, rectified-then-normalised values), to convergence at
 # the paper's mu = 0.55; plus mid-sized and mammogram-sized channels at a fixed iteration cap.
 # Both providers run method="apg", so this measures the per-iteration speed of the same
-# iterations; bench/bench_rpca.py compares the methods (iterations and time to tol).
+# iterations; bench/bench_rpca_methods.py compares the methods (iterations and time to tol).
 RPCA_CASES = (
     ("PGSL step 128x64x14x14", 8192, 14, 14, None, 1000),
     ("64x64x64", 64, 64, 64, None, 100),

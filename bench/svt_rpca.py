@@ -1,7 +1,7 @@
-"""The svt / rpca part of the benchmark table (bench/test_bench_svt.py): speed-ups, accuracy
+"""The svt / rpca part of the benchmark table (bench/test_bench_svt_rpca.py): speed-ups, accuracy
 and the share of the FLOP floor, per device. Called by ``python -m bench.table``; also
 
-    python -m bench.compute_table [--json run.json]   # run (or re-tabulate) this part alone
+    python -m bench.svt_rpca [--json run.json]   # run (or re-tabulate) this part alone
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from bench._common import REPO_ROOT, environment
+from bench.results import DEFAULT_RESULTS, update_results
 
-BENCH_FILE = "bench/test_bench_svt.py"
+BENCH_FILE = "bench/test_bench_svt_rpca.py"
 DEFAULT_JSON = REPO_ROOT / "bench" / ".results" / "svt.json"
 BASELINE = {"svt": "torch.linalg.svd", "rpca": "plain-PyTorch APG"}
 # (device, op, case, provider, target speed-up of pgsl_ext over the provider)
@@ -36,7 +37,7 @@ def run(json_path: Path, pytest_args: Sequence[str] = ()) -> None:
     print("+", " ".join(cmd), flush=True)
     rc = subprocess.run(cmd, cwd=REPO_ROOT).returncode
     if rc != 0:
-        sys.exit(f"bench.compute_table: pytest exited with {rc}; no numbers published")
+        sys.exit(f"bench.svt_rpca: pytest exited with {rc}; no numbers published")
 
 
 def load(json_path: Path) -> tuple[List[dict], dict]:
@@ -63,7 +64,7 @@ def section(device: str, rows: List[dict], data: dict) -> str:
         "",
         f"- date: {data.get('datetime', '?')} (UTC); machine: {env.get('cpu_model')}, {env.get('cpu_count')} cores; "
         f"GPU: {env.get('gpu') or 'none'}; torch {env.get('torch')}; commit `{env.get('git_commit')}`",
-        "- written by `python -m bench.table` (`bench/test_bench_svt.py`): each case checks accuracy before "
+        "- written by `python -m bench.table` (`bench/test_bench_svt_rpca.py`): each case checks accuracy before "
         "timing; **error** = max |provider - float64 reference| / max |reference|; **% FLOP floor** = "
         "Golub & Van Loan's SVD FLOP count (per iteration for rpca) at the GEMM rate measured in the same "
         "run, over the median time; the plain-PyTorch APG loop runs, once, as many iterations as pgsl_ext's "
@@ -113,9 +114,7 @@ def sections(json_path: Path) -> Dict[str, str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from bench.table import DEFAULT_RESULTS, update_results
-
-    parser = argparse.ArgumentParser(prog="python -m bench.compute_table")
+    parser = argparse.ArgumentParser(prog="python -m bench.svt_rpca")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
