@@ -1,8 +1,13 @@
-"""Build pgsl_ext._C from every source under csrc/ (the same glob CMakeLists.txt uses).
+"""Build pgsl_ext._C from every source under csrc/. The one place that decides each build fact.
 
 CPU kernels are always built. CUDA kernels are built when the CUDA toolkit (CUDA_HOME or
 nvcc) and a CUDA build of torch are both present, or FORCE_CUDA=1; PGSL_EXT_CUDA=0 forces
 a CPU-only build. Whether a GPU is visible never matters.
+
+CMakeLists.txt asks this file for the same facts once, at configure time
+(``python setup.py --print-cmake-config``, see cmake_config()): the source lists, the CUDA
+home, the nvidia-* wheels' include folders, the host and nvcc flags, the default CUDA
+architectures and whether to build CUDA kernels. Neither build writes any of them twice.
 """
 
 import glob
@@ -45,19 +50,27 @@ CSRC = os.path.join("csrc")
 # on which SIMD lane or tail loop computed it.
 CPU_FLAGS = ["-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
 
-# Architectures compiled when TORCH_CUDA_ARCH_LIST is unset: Ampere, Hopper, Blackwell
-# (data-centre and consumer), plus PTX for later chips.
+# nvcc flags of ours; torch.utils.cpp_extension adds its COMMON_NVCC_FLAGS (half-precision
+# operator switches, --expt-relaxed-constexpr) itself, and CMake is handed both.
+NVCC_FLAGS = ["-lineinfo"]
+
+# Architectures compiled when TORCH_CUDA_ARCH_LIST is unset (torch's syntax): Ampere, Hopper,
+# Blackwell (data-centre and consumer), plus PTX for later chips.
 DEFAULT_CUDA_ARCHS = "8.0;9.0;10.0;12.0+PTX"
+
+
+def cuda_arch_list():
+    return os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_CUDA_ARCHS
 
 
 def sources(with_cuda):
     """The build's source list: every .cpp under csrc/, and every .cu and cuda/*.cpp with CUDA."""
-    files = sorted(glob.glob(os.path.join(CSRC, "**", "*.cpp"), recursive=True))
+    files = glob.glob(os.path.join(CSRC, "**", "*.cpp"), recursive=True)
     if not with_cuda:
         files = [f for f in files if os.sep + "cuda" + os.sep not in f]
     else:
-        files += sorted(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True))
-    return files
+        files += glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True)
+    return sorted(files)
 
 
 def want_cuda():
@@ -89,13 +102,13 @@ def extension():
     define_macros = []
     kwargs = {}
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
         include_dirs += nvidia_wheel_includes()
         arch_list = os.environ["TORCH_CUDA_ARCH_LIST"]
         define_macros += [("PGSL_WITH_CUDA", None), ("PGSL_CUDA_ARCH_LIST", f'"{arch_list}"')]
         kwargs["extra_compile_args"] = {
             "cxx": cxx,
-            "nvcc": ["-O3", "-std=c++20", "-lineinfo"],
+            "nvcc": ["-O3", "-std=c++20", *NVCC_FLAGS],
         }
         builder = cpp_extension.CUDAExtension
     else:
@@ -116,7 +129,29 @@ def extension():
     )
 
 
-if __name__ == "__main__":
+def cmake_config():
+    """The build facts CMakeLists.txt uses, as ``NAME=value`` lines (lists joined by ";")."""
+    with_cuda, why = want_cuda()
+    facts = {
+        "PGSL_SOURCES_WITH_CUDA": [p.replace(os.sep, "/") for p in sources(True)],
+        "PGSL_SOURCES_WITHOUT_CUDA": [p.replace(os.sep, "/") for p in sources(False)],
+        "PGSL_WANT_CUDA": "ON" if with_cuda else "OFF",
+        "PGSL_WANT_CUDA_WHY": why,
+        "PGSL_CUDA_HOME": find_cuda_home() or "",
+        "PGSL_CPU_FLAGS": CPU_FLAGS,
+        "PGSL_NVCC_FLAGS": [*NVCC_FLAGS, *cpp_extension.COMMON_NVCC_FLAGS],
+        "PGSL_DEFAULT_CUDA_ARCHS": cuda_arch_list(),
+        "PGSL_NVIDIA_WHEEL_INCLUDES": nvidia_wheel_includes(),
+        "PGSL_TORCH_CMAKE_PREFIX": torch.utils.cmake_prefix_path,
+        "PGSL_TORCH_CUDA_VERSION": torch.version.cuda or "",
+    }
+    return "\n".join(f"{k}={';'.join(v) if isinstance(v, list) else v}" for k, v in facts.items())
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--print-cmake-config"]:
+    os.chdir(ROOT)  # the source lists are relative to the repository root
+    print(cmake_config())
+elif __name__ == "__main__":
     setup(
         license="BSD-3-Clause",  # here, not in pyproject.toml: see the comment there
         ext_modules=[extension()],

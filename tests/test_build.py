@@ -1,5 +1,6 @@
-"""The build itself: CMake and setup.py compile the same sources, object names cannot clash,
-and the installed extension holds what this environment should have built.
+"""The build itself: CMake takes its sources and flags from setup.py, object names cannot clash,
+requirements.txt and pyproject.toml agree, and the installed extension holds what this
+environment should have built.
 """
 
 import collections
@@ -8,6 +9,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -46,10 +49,10 @@ def test_cmake_globs_the_same_sources_as_setup_py(setup_py, tmp_path, monkeypatc
     if cmake is None:
         pytest.skip("cmake is not installed")
     result = subprocess.run(
-        [cmake, "-S", str(ROOT), "-B", str(tmp_path), "-DPGSL_LIST_SOURCES_ONLY=ON"],
+        [cmake, "-S", str(ROOT), "-B", str(tmp_path), "-DPGSL_LIST_SOURCES_ONLY=ON", f"-DPython3_EXECUTABLE={sys.executable}"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     for with_cuda, name in [(True, "with_cuda"), (False, "without_cuda")]:
@@ -103,8 +106,54 @@ def test_cuda_kernels_built_wherever_setup_py_wants_them(setup_py):
         )
 
 
-def test_cmake_compiles_with_setup_py_cpu_flags(setup_py):
-    """Both builds must compile the same arithmetic (e.g. no FMA contraction in either)."""
-    cmake = (ROOT / "CMakeLists.txt").read_text()
-    for flag in setup_py.CPU_FLAGS:
-        assert flag in cmake, f"CMakeLists.txt does not pass {flag} (setup.py's CPU_FLAGS)"
+def test_cmake_takes_every_build_fact_from_setup_py(setup_py):
+    """Flags, architectures, CUDA home and wheel includes are written once, in setup.py: the
+    CMake files only use what `setup.py --print-cmake-config` hands them."""
+    config = subprocess.run([sys.executable, str(ROOT / "setup.py"), "--print-cmake-config"], capture_output=True,
+                            text=True, check=True, timeout=120).stdout
+    facts = dict(line.split("=", 1) for line in config.splitlines())
+    assert facts["PGSL_CPU_FLAGS"].split(";") == setup_py.CPU_FLAGS
+    assert facts["PGSL_NVCC_FLAGS"].split(";")[: len(setup_py.NVCC_FLAGS)] == setup_py.NVCC_FLAGS
+    assert facts["PGSL_DEFAULT_CUDA_ARCHS"] == (os.environ.get("TORCH_CUDA_ARCH_LIST") or setup_py.DEFAULT_CUDA_ARCHS)
+    cmake_files = [ROOT / "CMakeLists.txt", ROOT / "tests" / "cpp" / "CMakeLists.txt"]
+    text = "\n".join(f.read_text() for f in cmake_files)
+    for fact in [*setup_py.CPU_FLAGS, *setup_py.NVCC_FLAGS, setup_py.DEFAULT_CUDA_ARCHS, "nvidia/", "/usr/local/cuda",
+                 "GLOB"]:
+        assert fact not in text, f"{fact!r} is written in a CMakeLists.txt; it belongs to setup.py alone"
+
+
+def _requirements(lines):
+    out = []
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(line.replace(" ", ""))
+    return out
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_requirements_txt_is_pyproject_toml():
+    """requirements.txt is the build requirements, dependencies and every extra of
+    pyproject.toml, each spelled the same everywhere it appears."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lists = {
+        "build-system.requires": pyproject["build-system"]["requires"],
+        "project.dependencies": pyproject["project"]["dependencies"],
+        **{f"extra {k}": v for k, v in pyproject["project"]["optional-dependencies"].items()},
+    }
+    spelled = collections.defaultdict(set)
+    for where, reqs in lists.items():
+        for r in _requirements(reqs):
+            spelled[_name(r)].add(r)
+    clashes = {name: sorted(forms) for name, forms in spelled.items() if len(forms) > 1}
+    assert not clashes, f"pyproject.toml spells a requirement two ways: {clashes}"
+    expected = sorted(form for forms in spelled.values() for form in forms)
+    listed = _requirements((ROOT / "requirements.txt").read_text().splitlines())
+    assert len(listed) == len(set(listed)), "requirements.txt lists a requirement twice"
+    assert sorted(listed) == expected, (
+        f"requirements.txt and pyproject.toml disagree: only in requirements.txt {sorted(set(listed) - set(expected))}, "
+        f"only in pyproject.toml {sorted(set(expected) - set(listed))}"
+    )
