@@ -1,13 +1,19 @@
-// Autograd for the differentiable ops, registered at the Autograd key in C++:
-// a Python autograd kernel (torch.library.register_autograd) costs ~6 us per
-// call even when nothing requires grad, which is as much as the whole op on a
-// small tensor. The backward formulas are written with ATen ops or with
+// Autograd of soft_threshold, pixel_unshuffle_concat, svt and rpca, registered
+// at the Autograd key in C++: a Python autograd kernel
+// (torch.library.register_autograd) costs ~6 us per call even when nothing
+// requires grad, which is as much as the whole op on a small tensor. The
+// backward formulas are written with ATen ops or with
 // pixel_unshuffle_concat_backward, whose own autograd is below, so double
-// backward works for both ops.
+// backward works for both differentiable ops. svt and rpca have no derivative:
+// they run on inputs that require grad, and a backward through them raises.
 #include <ATen/ATen.h>
 #include <ATen/ExpandUtils.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+#include <type_traits>
 
 namespace pgsl {
 namespace {
@@ -174,6 +180,73 @@ std::tuple<at::Tensor, at::Tensor> pixel_unshuffle_concat_backward_autograd(
   return {grads[0], grads[1]};
 }
 
+// svt and rpca: the op below autograd, and a backward that raises NotImplementedError.
+[[noreturn]] void not_differentiable(const char* name) {
+  TORCH_CHECK_NOT_IMPLEMENTED(false, "pgsl_ext.ops.", name, " is not differentiable; detach its input");
+}
+
+using SvtOp = at::Tensor(const at::Tensor&, double, std::optional<int64_t>, int64_t, int64_t,
+                         std::optional<at::Generator>);
+using SvtTensorOp = at::Tensor(const at::Tensor&, const at::Tensor&, std::optional<int64_t>,
+                               int64_t, int64_t, std::optional<at::Generator>);
+using RpcaOp = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const std::optional<at::Tensor>&, std::optional<double>,
+    std::optional<double>, int64_t, double, std::optional<int64_t>, c10::string_view,
+    std::optional<at::Generator>);
+
+template <typename Tau>
+struct SvtNotDifferentiable : torch::autograd::Function<SvtNotDifferentiable<Tau>> {
+  static at::Tensor forward(AutogradContext*, const at::Tensor& x, Tau tau,
+                            std::optional<int64_t> rank, int64_t oversample, int64_t power_iters,
+                            std::optional<at::Generator> generator) {
+    using Op = std::conditional_t<std::is_same_v<Tau, double>, SvtOp, SvtTensorOp>;
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("pgsl_ext::svt", std::is_same_v<Tau, double> ? "" : "Tensor")
+                         .template typed<Op>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, tau, rank, oversample, power_iters, std::move(generator));
+  }
+  static variable_list backward(AutogradContext*, variable_list) { not_differentiable("svt"); }
+};
+
+struct RpcaNotDifferentiable : torch::autograd::Function<RpcaNotDifferentiable> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
+                               const std::optional<at::Tensor>& init, std::optional<double> mu,
+                               std::optional<double> lam, int64_t max_iter, double tol,
+                               std::optional<int64_t> rank, c10::string_view method,
+                               std::optional<at::Generator> generator) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("pgsl_ext::rpca", "")
+                         .typed<RpcaOp>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [low_rank, sparse, iterations, converged] =
+        op.call(x, init, mu, lam, max_iter, tol, rank, method, std::move(generator));
+    ctx->mark_non_differentiable({iterations, converged});
+    return {low_rank, sparse, iterations, converged};
+  }
+  static variable_list backward(AutogradContext*, variable_list) { not_differentiable("rpca"); }
+};
+
+at::Tensor svt_autograd(const at::Tensor& x, double tau, std::optional<int64_t> rank,
+                        int64_t oversample, int64_t power_iters,
+                        std::optional<at::Generator> generator) {
+  return SvtNotDifferentiable<double>::apply(x, tau, rank, oversample, power_iters, std::move(generator));
+}
+at::Tensor svt_tensor_autograd(const at::Tensor& x, const at::Tensor& tau,
+                               std::optional<int64_t> rank, int64_t oversample,
+                               int64_t power_iters, std::optional<at::Generator> generator) {
+  return SvtNotDifferentiable<const at::Tensor&>::apply(x, tau, rank, oversample, power_iters,
+                                                        std::move(generator));
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_autograd(
+    const at::Tensor& x, const std::optional<at::Tensor>& init, std::optional<double> mu,
+    std::optional<double> lam, int64_t max_iter, double tol, std::optional<int64_t> rank,
+    c10::string_view method, std::optional<at::Generator> generator) {
+  auto out = RpcaNotDifferentiable::apply(x, init, mu, lam, max_iter, tol, rank, method,
+                                          std::move(generator));
+  return {out[0], out[1], out[2], out[3]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pgsl_ext, Autograd, m) {
@@ -181,6 +254,9 @@ TORCH_LIBRARY_IMPL(pgsl_ext, Autograd, m) {
   m.impl("soft_threshold.Tensor", &soft_threshold_tensor_autograd);
   m.impl("pixel_unshuffle_concat", &pixel_unshuffle_concat_autograd);
   m.impl("pixel_unshuffle_concat_backward", &pixel_unshuffle_concat_backward_autograd);
+  m.impl("svt", &svt_autograd);
+  m.impl("svt.Tensor", &svt_tensor_autograd);
+  m.impl("rpca", &rpca_autograd);
 }
 
 }  // namespace pgsl

@@ -1,6 +1,6 @@
 // Every pgsl_ext op schema, in one place. Kernels register themselves per
-// dispatch key in csrc/cpu/ and csrc/cuda/; fake kernels and autograd are
-// registered in Python (pgsl_ext/ops.py).
+// dispatch key in csrc/cpu/ and csrc/cuda/, autograd in csrc/autograd.cpp;
+// fake kernels are registered in Python (pgsl_ext/ops.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY(pgsl_ext, m) {

@@ -6,7 +6,7 @@ below). ``soft_threshold`` and ``pixel_unshuffle_concat`` are differentiable thr
 kernels registered in C++ (``csrc/autograd.cpp``: a Python autograd kernel would cost ~6 us per
 call, as much as the op on a small tensor), twice over; under ``torch.func`` transforms the
 wrappers below switch to Python autograd.Functions, which those transforms need. ``svt`` and
-``rpca`` register an autograd kernel here that raises.
+``rpca`` have an autograd kernel in the same file whose backward raises NotImplementedError.
 Plain-PyTorch definitions of the same maths live in :mod:`pgsl_ext.reference`.
 """
 
@@ -94,7 +94,7 @@ def _soft_threshold_tensor_fake(x: Tensor, tau: Tensor) -> Tensor:
     return torch.empty_like(x)
 
 
-# Autograd for soft_threshold and pixel_unshuffle_concat is registered in C++
+# Autograd of soft_threshold, pixel_unshuffle_concat, svt and rpca is registered in C++
 # (csrc/autograd.cpp): a Python autograd kernel costs ~6 us per call. torch.func transforms
 # cannot run a C++ autograd function, so under them the wrappers call these Python
 # autograd.Functions instead (the same kernels, the same derivatives, plus forward mode).
@@ -454,17 +454,6 @@ def _svt_fake(x, tau, *, rank=None, oversample=10, power_iters=2, generator=None
 
 torch.library.register_fake("pgsl_ext::svt")(_svt_fake)
 torch.library.register_fake("pgsl_ext::svt.Tensor")(_svt_fake)
-
-
-def _not_differentiable(name: str):
-    def backward(ctx, *grads):
-        raise NotImplementedError(f"pgsl_ext.ops.{name} is not differentiable; detach its input")
-
-    return backward
-
-
-for _overload in ("pgsl_ext::svt", "pgsl_ext::svt.Tensor", "pgsl_ext::rpca"):
-    torch.library.register_autograd(_overload, _not_differentiable(_overload.split("::")[1].split(".")[0]))
 
 
 # --------------------------------------------------------------------------- rpca
