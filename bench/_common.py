@@ -70,7 +70,8 @@ def gbps(bytes_moved: float, seconds: float) -> float:
 # --------------------------------------------------------------------------- the machine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# What bench/results.py writes: left out of the "-dirty" check, or a rerun would always be dirty.
+# What the benchmarks write (bench/results.py, bench/bandwidth.py): left out of the "-dirty"
+# check, or a rerun would always be dirty.
 OUTPUT_PATHS = ("bench/RESULTS.md", "bench/results_*.png")
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from pgsl_ext import ops, reference
-from tests.common_utils import DEVICES
+from tests.common_utils import DEVICES, low_rank_plus_noise, random_matrices
 
 DTYPE = torch.float32
 
@@ -38,13 +38,11 @@ def _svd_flops(m: int, n: int) -> float:
 
 
 def _matrices(batch, m, n, rank, device):
-    g = torch.Generator().manual_seed(0)
+    """(float32 input, its float64 values): Gaussian, or rank-``rank`` plus 1% noise (the tests' builders)."""
     if rank is None:
-        x = torch.randn(batch, m, n, generator=g, dtype=torch.float64)
+        x = random_matrices((batch, m, n), torch.float64, "cpu", seed=0)
     else:
-        x = torch.randn(batch, m, rank, generator=g, dtype=torch.float64) @ torch.randn(
-            batch, rank, n, generator=g, dtype=torch.float64
-        ) + 0.01 * torch.randn(batch, m, n, generator=g, dtype=torch.float64)
+        x = low_rank_plus_noise(batch, m, n, rank, 0.01, 0, "cpu")
     return x.to(device=device, dtype=DTYPE), x.to(device)
 
 

@@ -59,6 +59,15 @@ def random_matrices(shape, dtype, device, seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
 
 
+def low_rank_plus_noise(batch, m, n, rank, noise, seed, device, dtype=torch.float64) -> torch.Tensor:
+    """A rank-``rank`` Gaussian product plus ``noise`` times standard normal noise, drawn in float64."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(batch, m, rank, generator=g, dtype=torch.float64)
+    b = torch.randn(batch, rank, n, generator=g, dtype=torch.float64)
+    x = a @ b + noise * torch.randn(batch, m, n, generator=g, dtype=torch.float64)
+    return x.to(dtype=dtype, device=device)
+
+
 # --------------------------------------------------------------------------- the float32 error rule
 
 

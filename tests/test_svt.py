@@ -9,6 +9,7 @@ from tests.common_utils import (
     DEVICES,
     REAL_DTYPES,
     assert_within_float32_error,
+    low_rank_plus_noise,
     max_relative_error as _err,
     random_matrices as _matrices,
     with_layout,
@@ -129,18 +130,10 @@ def test_empty(device, shape):
     assert ops.svt(x, 1.0).shape == x.shape
 
 
-def _low_rank_plus_noise(batch, m, n, rank, noise, seed, device, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(batch, m, rank, generator=g, dtype=torch.float64)
-    b = torch.randn(batch, rank, n, generator=g, dtype=torch.float64)
-    x = a @ b + noise * torch.randn(batch, m, n, generator=g, dtype=torch.float64)
-    return x.to(dtype=dtype, device=device)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", REAL_DTYPES)
 def test_randomized_matches_exact_on_low_rank(device, dtype):
-    x = _low_rank_plus_noise(3, 120, 90, 6, 1e-3, 5, device, dtype)
+    x = low_rank_plus_noise(3, 120, 90, 6, 1e-3, 5, device, dtype)
     g = torch.Generator(device=device).manual_seed(0)
     out = ops.svt(x, 1.0, rank=8, generator=g)
     expected = reference.svt(x.double(), 1.0)
@@ -161,7 +154,7 @@ def test_randomized_grows_the_sketch_instead_of_truncating(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_randomized_is_deterministic_for_a_generator(device):
-    x = _low_rank_plus_noise(2, 80, 70, 5, 1e-2, 7, device)
+    x = low_rank_plus_noise(2, 80, 70, 5, 1e-2, 7, device)
     runs = [ops.svt(x, 0.5, rank=5, generator=torch.Generator(device=device).manual_seed(42)) for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
 
