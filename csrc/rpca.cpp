@@ -15,7 +15,7 @@
 //     restart (beta = 0, t = 1) when (Y - S_{k+1}) . (S_{k+1} - S_k) > 0.
 // Without momentum this is exact alternating minimisation (block coordinate
 // descent); the step is twice APG's and momentum restarts instead of
-// oscillating, which is where the iterations go (bench/bench_rpca.py).
+// oscillating, which is where the iterations go (bench/bench_rpca_methods.py).
 //
 // "apg": accelerated proximal gradient (Lin, Ganesh, Wright, Wu, Chen & Ma
 // 2009) on (L, S) jointly, FISTA momentum and step 1/2 (the gradient of the
@@ -34,6 +34,8 @@
 #include <cmath>
 #include <limits>
 
+#include "rpca.h"
+
 #include "checks.h"
 #include "pgsl/rpca.h"
 #include "pgsl/svd_jacobi.h"
@@ -41,10 +43,9 @@
 
 namespace pgsl {
 
-RpcaOptions rpca_options(const at::Tensor& x, std::optional<double> mu, std::optional<double> lam,
-                         int64_t max_iter, double tol, std::optional<int64_t> rank,
-                         c10::string_view method, std::optional<at::Generator> generator,
-                         const char* op) {
+RpcaParams rpca_params(const at::Tensor& x, std::optional<double> mu, std::optional<double> lam,
+                       int64_t max_iter, double tol, std::optional<int64_t> rank,
+                       c10::string_view method, const char* op) {
   check_svt_input(x, op);
   TORCH_CHECK_VALUE(method == "alternating" || method == "apg", op,
                     ": expected `method` to be \"alternating\" or \"apg\", but got \"", std::string(method), "\"");
@@ -59,16 +60,17 @@ RpcaOptions rpca_options(const at::Tensor& x, std::optional<double> mu, std::opt
   const int64_t m = x.size(-2), n = x.size(-1);
   // Values beyond the dtype's range act as +inf (mu = 1e39 for float32 gives L = S = 0).
   const auto dtype = x.scalar_type();
-  RpcaOptions o;
-  if (mu.has_value()) o.mu = saturate_to(*mu, dtype);
-  o.lam = saturate_to(
+  RpcaParams p{};
+  p.continuation = !mu.has_value();
+  p.mu = mu.has_value() ? saturate_to(*mu, dtype) : 0.0;
+  p.lam = saturate_to(
       lam.value_or(1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(1, std::max(m, n))))), dtype);
-  o.max_iter = max_iter;
-  o.tol = saturate_to(std::max(tol, rpca_tolerance_floor(dtype == at::kFloat)), dtype);
-  o.rank = rank;
-  o.method = method == "apg" ? RpcaMethod::kApg : RpcaMethod::kAlternating;
-  o.generator = std::move(generator);
-  return o;
+  p.max_iter = max_iter;
+  p.tol = saturate_to(std::max(tol, rpca_tolerance_floor(dtype == at::kFloat)), dtype);
+  p.rank = rank.value_or(0);
+  p.method = method == "apg" ? RpcaMethod::kApg : RpcaMethod::kAlternating;
+  p.kind = scalar_kind(dtype);
+  return p;
 }
 
 void check_rpca_init(const at::Tensor& x, const std::optional<at::Tensor>& init, const char* op) {
@@ -82,8 +84,8 @@ void check_rpca_init(const at::Tensor& x, const std::optional<at::Tensor>& init,
 
 namespace {
 
-at::Tensor starting_mu(const at::Tensor& x3, const RpcaOptions& o) {
-  if (o.mu.has_value()) return at::full({x3.size(0)}, *o.mu, x3.options());
+at::Tensor starting_mu(const at::Tensor& x3, const RpcaParams& o) {
+  if (!o.continuation) return at::full({x3.size(0)}, o.mu, x3.options());
   // ||X||_2 of the exactly rescaled X (LAPACK's SVD fails on subnormal input), scaled back.
   const Rescaled r = rescale(x3);
   return kContinuationStart * at::linalg_matrix_norm(r.x, 2, {-2, -1}) / r.scale;
@@ -96,7 +98,7 @@ at::Tensor soft(const at::Tensor& z, const at::Tensor& threshold) {
 // The batched loop: every tensor holds only the matrices still iterating.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_batched(
     const at::Tensor& x3, const std::optional<at::Tensor>& init3, const at::Tensor& mu0,
-    const RpcaOptions& o, SmallSvtKernel small_svt) {
+    const RpcaParams& o, const std::optional<at::Generator>& generator, SmallSvtKernel small_svt) {
   const int64_t batch = x3.size(0);
   const auto opts = x3.options();
   at::Tensor low_rank = at::zeros_like(x3, at::MemoryFormat::Contiguous);
@@ -123,8 +125,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_batched(
   at::Tensor x_norm = at::linalg_vector_norm(X, 2, {-2, -1});
   x_norm = at::where(x_norm > 0, x_norm, at::ones_like(x_norm));  // a zero X: residual 0, no 0/0
   SvtOptions svt_opts;
-  svt_opts.rank = o.rank;
-  svt_opts.generator = o.generator;
+  if (o.rank > 0) svt_opts.rank = o.rank;
+  svt_opts.generator = generator;
   const bool alternating = o.method == RpcaMethod::kAlternating;
   for (int64_t k = 1; k <= o.max_iter && index.numel() > 0; ++k) {
     const at::Tensor beta = ((tp - 1) / t).view({-1, 1, 1});
@@ -155,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_batched(
     tp = at::where(restart, one, t);
     t = at::where(restart, one, (1 + at::sqrt(1 + 4 * t * t)) / 2);
     at::Tensor ok = residual < o.tol;
-    if (!o.mu.has_value()) {  // converged only once mu has reached its floor
+    if (o.continuation) {  // converged only once mu has reached its floor
       ok = at::logical_and(ok, mu <= mu_floor);
       mu = at::maximum(kContinuationDecay * mu, mu_floor);
     }
@@ -199,8 +201,9 @@ at::Tensor clamp_start(const at::Tensor& x3, const at::Tensor& init3, double lam
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_forward(
-    const at::Tensor& x, const std::optional<at::Tensor>& init, const RpcaOptions& o,
-    SmallSvtKernel small_svt, SmallRpcaKernel small_rpca) {
+    const at::Tensor& x, const std::optional<at::Tensor>& init, RpcaParams o,
+    const std::optional<at::Generator>& generator, SmallSvtKernel small_svt,
+    SmallRpcaKernel small_rpca) {
   const int64_t m = x.size(-2), n = x.size(-1);
   const auto batch_shape = x.sizes().slice(0, x.dim() - 2);
   const int64_t batch = c10::multiply_integers(batch_shape);
@@ -220,14 +223,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rpca_forward(
     sparse = init3 ? at::where(finite, *init3, nan).contiguous() : low_rank.clone();
     iterations = at::zeros({batch}, x.options().dtype(at::kLong));
     converged = at::full({batch}, x.numel() == 0, x.options().dtype(at::kBool));
-  } else if (!o.rank.has_value() && std::min(m, n) <= kJacobiMaxN) {
+  } else if (o.rank == 0 && std::min(m, n) <= kJacobiMaxN) {
     low_rank = at::empty({batch, m, n}, x.options());
     sparse = at::empty({batch, m, n}, x.options());
     iterations = at::empty({batch}, x.options().dtype(at::kLong));
     converged = at::empty({batch}, x.options().dtype(at::kBool));
-    small_rpca(x3, init3, starting_mu(x3, o), o, low_rank, sparse, iterations, converged);
+    const at::Tensor mu0 = starting_mu(x3, o).to(x3.scalar_type()).contiguous();
+    o.g = small_batch_geometry(x3);
+    o.init_g = init3 ? small_batch_geometry(*init3) : o.g;
+    o.x = x3.const_data_ptr();
+    o.init = init3 ? init3->const_data_ptr() : nullptr;
+    o.mu0 = mu0.const_data_ptr();
+    o.low_rank = low_rank.data_ptr();
+    o.sparse = sparse.data_ptr();
+    o.iterations = iterations.data_ptr<int64_t>();
+    o.converged = converged.data_ptr<bool>();
+    small_rpca(x3, o);
   } else {
-    std::tie(low_rank, sparse, iterations, converged) = rpca_batched(x3, init3, starting_mu(x3, o), o, small_svt);
+    std::tie(low_rank, sparse, iterations, converged) =
+        rpca_batched(x3, init3, starting_mu(x3, o), o, generator, small_svt);
   }
   return {low_rank.view(x.sizes()), sparse.view(x.sizes()), iterations.view(batch_shape),
           converged.view(batch_shape)};

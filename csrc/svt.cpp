@@ -42,6 +42,11 @@ SvtOptions svt_options(std::optional<int64_t> rank, int64_t oversample, int64_t 
   return SvtOptions{rank, oversample, power_iters, std::move(generator)};
 }
 
+SvtParams svt_params(const at::Tensor& x3, const at::Tensor& tau, at::Tensor& out, at::Tensor& kept) {
+  return SvtParams{scalar_kind(x3.scalar_type()), small_batch_geometry(x3), x3.const_data_ptr(),
+                   tau.const_data_ptr(), out.data_ptr(), kept.data_ptr<int>()};
+}
+
 Rescaled rescale(const at::Tensor& x3) {
   Rescaled r;
   r.finite = at::isfinite(x3).all(-1).all(-1);
@@ -96,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor> svt_exact(const at::Tensor& x3, const at::Ten
   }
   at::Tensor out = at::empty({x3.size(0), m, n}, x3.options());
   at::Tensor kept = at::empty({x3.size(0)}, x3.options().dtype(at::kInt));
-  if (x3.numel() > 0) small(x3, tau, out, kept);
+  if (x3.numel() > 0) small(x3, svt_params(x3, tau, out, kept));
   else kept.zero_();
   return {out, kept};
 }

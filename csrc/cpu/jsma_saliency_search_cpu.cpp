@@ -22,7 +22,7 @@
 #include <tuple>
 #include <vector>
 
-#include "../checks.h"
+#include "../jsma_saliency_search.h"
 #include "simd_clones.h"
 #include "pgsl/jsma.h"
 
@@ -37,7 +37,7 @@ constexpr const char* kOp = "pgsl_ext.jsma_saliency_search";
 // compiler vectorises it without fast-math), then a scalar max over the lanes.
 template <typename T>
 PGSL_CPU_INLINE T scan_max_impl(const T* u, const T* v, T uc, T vc, int64_t begin, int64_t end) {
-  constexpr int kLanes = 64 / sizeof(T);
+  constexpr int kLanes = kCpuLanes<T>;
   T lane[kLanes];
   for (int l = 0; l < kLanes; ++l) lane[l] = jsma_no_score<T>();
   int64_t q = begin;
@@ -55,18 +55,15 @@ PGSL_CPU_INLINE T scan_max_impl(const T* u, const T* v, T uc, T vc, int64_t begi
   for (int l = 0; l < kLanes; ++l) best = lane[l] > best ? lane[l] : best;
   return best;
 }
-PGSL_CPU_CLONES float scan_max_f32(const float* u, const float* v, float uc, float vc,
-                                    int64_t begin, int64_t end) {
+// The cloned entry points: one non-template overload per type (target_clones
+// takes no templates), so a caller's T picks its clone set by overloading.
+PGSL_CPU_CLONES float scan_max(const float* u, const float* v, float uc, float vc, int64_t begin,
+                               int64_t end) {
   return scan_max_impl<float>(u, v, uc, vc, begin, end);
 }
-PGSL_CPU_CLONES double scan_max_f64(const double* u, const double* v, double uc, double vc,
-                                     int64_t begin, int64_t end) {
+PGSL_CPU_CLONES double scan_max(const double* u, const double* v, double uc, double vc,
+                                int64_t begin, int64_t end) {
   return scan_max_impl<double>(u, v, uc, vc, begin, end);
-}
-template <typename T>
-inline T scan_max(const T* u, const T* v, T uc, T vc, int64_t begin, int64_t end) {
-  if constexpr (std::is_same_v<T, float>) return scan_max_f32(u, v, uc, vc, begin, end);
-  else return scan_max_f64(u, v, uc, vc, begin, end);
 }
 
 // The first q in [begin, end) whose pair with c scores `target`, or -1.
@@ -191,12 +188,12 @@ PGSL_CPU_INLINE void count_dominators_impl(const T* u, const T* v, int64_t m, co
       count[i] += jsma_dominates<T>(ur, vr, r, u[i], v[i], i) ? 1 : 0;
   }
 }
-PGSL_CPU_CLONES void count_dominators_f32(const float* u, const float* v, int64_t m,
-                                           const int64_t* pivots, int npivots, int32_t* count) {
+PGSL_CPU_CLONES void count_dominators(const float* u, const float* v, int64_t m,
+                                      const int64_t* pivots, int npivots, int32_t* count) {
   count_dominators_impl<float>(u, v, m, pivots, npivots, count);
 }
-PGSL_CPU_CLONES void count_dominators_f64(const double* u, const double* v, int64_t m,
-                                           const int64_t* pivots, int npivots, int32_t* count) {
+PGSL_CPU_CLONES void count_dominators(const double* u, const double* v, int64_t m,
+                                      const int64_t* pivots, int npivots, int32_t* count) {
   count_dominators_impl<double>(u, v, m, pivots, npivots, count);
 }
 
@@ -207,12 +204,12 @@ PGSL_CPU_INLINE void mark_hits_impl(const T* u, const T* v, int64_t end, int64_t
   for (int64_t i = 0; i < end; ++i)
     hit[i] |= (jsma_masked_score<T>(u[i], v[i], ur, vr) == target && i != r) ? 1 : 0;
 }
-PGSL_CPU_CLONES void mark_hits_f32(const float* u, const float* v, int64_t end, int64_t r,
-                                    float target, uint8_t* hit) {
+PGSL_CPU_CLONES void mark_hits(const float* u, const float* v, int64_t end, int64_t r,
+                               float target, uint8_t* hit) {
   mark_hits_impl<float>(u, v, end, r, target, hit);
 }
-PGSL_CPU_CLONES void mark_hits_f64(const double* u, const double* v, int64_t end, int64_t r,
-                                    double target, uint8_t* hit) {
+PGSL_CPU_CLONES void mark_hits(const double* u, const double* v, int64_t end, int64_t r,
+                               double target, uint8_t* hit) {
   mark_hits_impl<double>(u, v, end, r, target, hit);
 }
 
@@ -279,8 +276,7 @@ bool pareto_search(const T* u, const T* v, int64_t m, RowBuffers<T>& buf, Winner
   int64_t pivots[16];
   const int npivots = select_pivots(u, v, m, pivots);
   int32_t* dominators = buf.dominators.data();
-  if constexpr (std::is_same_v<T, float>) count_dominators_f32(u, v, m, pivots, npivots, dominators);
-  else count_dominators_f64(u, v, m, pivots, npivots, dominators);
+  count_dominators(u, v, m, pivots, npivots, dominators);
   auto& cover = buf.candidates;
   cover.clear();
   for (int64_t i = 0; i < m; ++i)
@@ -346,10 +342,7 @@ bool pareto_search(const T* u, const T* v, int64_t m, RowBuffers<T>& buf, Winner
   }
   uint8_t* hit = buf.hit.data();
   std::fill(hit, hit + best_a, uint8_t{0});
-  for (const int64_t r : reaching) {
-    if constexpr (std::is_same_v<T, float>) mark_hits_f32(u, v, best_a, r, best, hit);
-    else mark_hits_f64(u, v, best_a, r, best, hit);
-  }
+  for (const int64_t r : reaching) mark_hits(u, v, best_a, r, best, hit);
   int64_t a = best_a;
   for (int64_t i = 0; i < best_a; ++i)
     if (hit[i]) {
@@ -406,21 +399,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> jsma_saliency_search_cpu(
   bool* f_ptr = found.data_ptr<bool>();
   const bool* dom = domain.const_data_ptr<bool>();
 
-  AT_DISPATCH_FLOATING_TYPES(grad_class.scalar_type(), "jsma_saliency_search_cpu", [&] {
-    const scalar_t* gc = grad_class.const_data_ptr<scalar_t>();
-    const scalar_t* go = grad_others.const_data_ptr<scalar_t>();
+  const bool ran = float_switch<void, void>(scalar_kind(grad_class.scalar_type()), false, [&](auto tag) {
+    using T = decltype(tag);
+    const T* gc = grad_class.const_data_ptr<T>();
+    const T* go = grad_others.const_data_ptr<T>();
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      RowBuffers<scalar_t> buf(params.n);
+      RowBuffers<T> buf(params.n);
       for (int64_t b = begin; b < end; ++b) {
-        const RowResult r = search_row<scalar_t>(params, gc + b * params.gc_stride[0],
-                                                 go + b * params.go_stride[0],
-                                                 dom + b * params.dom_stride[0], buf);
+        const RowResult r = search_row<T>(params, gc + b * params.gc_stride[0],
+                                          go + b * params.go_stride[0],
+                                          dom + b * params.dom_stride[0], buf);
         p_ptr[b] = r.p;
         q_ptr[b] = r.q;
         f_ptr[b] = r.found;
       }
     });
+    return true;
   });
+  TORCH_INTERNAL_ASSERT(ran, "jsma_saliency_search_cpu: ", grad_class.scalar_type(), " passed the dtype check");
   return {p_out, q_out, found};
 }
 

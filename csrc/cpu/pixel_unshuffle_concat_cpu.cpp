@@ -3,12 +3,11 @@
 // channels, and each row of f x f saliency blocks is reduced into the last
 // channel. Index maps and reductions come from pgsl/pixel_unshuffle.h.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../pixel_unshuffle_concat.h"
 #include "pgsl/pixel_unshuffle.h"
 
 namespace pgsl {
@@ -132,10 +131,12 @@ at::Tensor pixel_unshuffle_concat_cpu(const at::Tensor& x, const at::Tensor& sal
   const UnshuffleParams p = unshuffle_params(x, saliency, factor, reduce, kOp);
   at::Tensor out = at::empty({p.batch, p.out_channels(), p.out_height(), p.out_width()}, x.options());
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), kOp, [&] {
-    forward<scalar_t>(p, x.const_data_ptr<scalar_t>(), saliency.const_data_ptr<scalar_t>(),
-                      out.mutable_data_ptr<scalar_t>());
+  const bool ran = float_switch<at::Half, at::BFloat16>(scalar_kind(x.scalar_type()), false, [&](auto tag) {
+    using T = decltype(tag);
+    forward<T>(p, x.const_data_ptr<T>(), saliency.const_data_ptr<T>(), out.mutable_data_ptr<T>());
+    return true;
   });
+  TORCH_INTERNAL_ASSERT(ran);
   return out;
 }
 
@@ -145,11 +146,13 @@ std::tuple<at::Tensor, at::Tensor> pixel_unshuffle_concat_backward_cpu(
   const UnshuffleBackward r =
       prepare_unshuffle_backward(grad_out, saliency, channels, factor, reduce, kBackwardOp);
   if (r.grad_x.numel() + r.grad_s.numel() == 0) return {r.grad_x, r.grad_s};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.grad.scalar_type(), kBackwardOp, [&] {
-    backward<scalar_t>(r.params, r.grad.const_data_ptr<scalar_t>(),
-                       saliency.const_data_ptr<scalar_t>(), r.grad_x.mutable_data_ptr<scalar_t>(),
-                       r.grad_s.mutable_data_ptr<scalar_t>());
+  const bool ran = float_switch<at::Half, at::BFloat16>(scalar_kind(r.grad.scalar_type()), false, [&](auto tag) {
+    using T = decltype(tag);
+    backward<T>(r.params, r.grad.const_data_ptr<T>(), saliency.const_data_ptr<T>(),
+                r.grad_x.mutable_data_ptr<T>(), r.grad_s.mutable_data_ptr<T>());
+    return true;
   });
+  TORCH_INTERNAL_ASSERT(ran);
   return {r.grad_x, r.grad_s};
 }
 

@@ -17,3 +17,8 @@
 #else
 #define PGSL_CPU_INLINE inline
 #endif
+
+// Matrices per lane group of the CPU svt / rpca kernels, and lanes of the
+// JSMA scan: one 64-byte (AVX-512) vector of T, 16 float / 8 double.
+template <typename T>
+constexpr int kCpuLanes = 64 / sizeof(T);

@@ -2,12 +2,11 @@
 // tau), parallel over chunks, with branch-free contiguous inner loops that the
 // compiler vectorises. The element math is pgsl::soft_threshold_value.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/TensorIterator.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../soft_threshold.h"
 #include "simd_clones.h"
 #include "pgsl/soft_threshold.h"
 
@@ -23,27 +22,22 @@ template <typename T>
 PGSL_CPU_INLINE void shrink_run(T* out, const T* x, T tau, int64_t n) {
   for (int64_t k = 0; k < n; ++k) out[k] = soft_threshold_value<T>(x[k], tau);
 }
-PGSL_CPU_CLONES void shrink_run_f32(float* out, const float* x, float tau, int64_t n) {
+// One clone set per type (target_clones takes no templates), picked by overloading.
+PGSL_CPU_CLONES void contiguous_run(float* out, const float* x, float tau, int64_t n) {
   shrink_run<float>(out, x, tau, n);
 }
-PGSL_CPU_CLONES void shrink_run_f64(double* out, const double* x, double tau, int64_t n) {
+PGSL_CPU_CLONES void contiguous_run(double* out, const double* x, double tau, int64_t n) {
   shrink_run<double>(out, x, tau, n);
 }
-
+// float16 / bfloat16: computed in float, one element at a time.
 template <typename T>
 inline void contiguous_run(T* out, const T* x, at::opmath_type<T> tau, int64_t n) {
-  if constexpr (std::is_same_v<T, float>) {
-    shrink_run_f32(out, x, tau, n);
-  } else if constexpr (std::is_same_v<T, double>) {
-    shrink_run_f64(out, x, tau, n);
-  } else {
-    using Acc = at::opmath_type<T>;
-    for (int64_t k = 0; k < n; ++k)
-      out[k] = static_cast<T>(soft_threshold_value<Acc>(static_cast<Acc>(x[k]), tau));
-  }
+  using Acc = at::opmath_type<T>;
+  for (int64_t k = 0; k < n; ++k)
+    out[k] = static_cast<T>(soft_threshold_value<Acc>(static_cast<Acc>(x[k]), tau));
 }
 
-// tau == nullptr: the scalar overload (tau_scalar); otherwise a third operand.
+// !tau_is_tensor: the scalar overload (tau_scalar); otherwise tau is the iterator's third operand.
 template <typename T>
 void run(at::TensorIterator& iter, at::opmath_type<T> tau_scalar, bool tau_is_tensor) {
   using Acc = at::opmath_type<T>;
@@ -57,7 +51,7 @@ void run(at::TensorIterator& iter, at::opmath_type<T> tau_scalar, bool tau_is_te
       const int64_t so = strides[0], sx = strides[1], st = tau_is_tensor ? strides[2] : 0;
       if (so == sz && sx == sz && st == 0) {
         const Acc t = tau_is_tensor ? static_cast<Acc>(*reinterpret_cast<const T*>(tau)) : tau_scalar;
-        contiguous_run<T>(reinterpret_cast<T*>(out), reinterpret_cast<const T*>(x), t, n);
+        contiguous_run(reinterpret_cast<T*>(out), reinterpret_cast<const T*>(x), t, n);
         continue;
       }
       for (int64_t k = 0; k < n; ++k) {
@@ -76,8 +70,12 @@ at::Tensor soft_threshold_cpu(const at::Tensor& x, double tau) {
   check_tau_scalar(tau, kOp);
   at::Tensor out = at::empty_like(x);
   auto iter = soft_threshold_iterator(out, x, nullptr);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "soft_threshold_cpu",
-                                  [&] { run<scalar_t>(iter, static_cast<at::opmath_type<scalar_t>>(tau), false); });
+  const bool ran = float_switch<at::Half, at::BFloat16>(scalar_kind(x.scalar_type()), false, [&](auto tag) {
+    using T = decltype(tag);
+    run<T>(iter, static_cast<at::opmath_type<T>>(tau), false);
+    return true;
+  });
+  TORCH_INTERNAL_ASSERT(ran);
   return out;
 }
 
@@ -86,8 +84,11 @@ at::Tensor soft_threshold_tensor_cpu(const at::Tensor& x, const at::Tensor& tau)
   const at::Tensor tau_cast = check_tau_tensor(x, tau, kOp);
   at::Tensor out = at::empty_like(x);
   auto iter = soft_threshold_iterator(out, x, &tau_cast);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "soft_threshold_cpu",
-                                  [&] { run<scalar_t>(iter, 0, true); });
+  const bool ran = float_switch<at::Half, at::BFloat16>(scalar_kind(x.scalar_type()), false, [&](auto tag) {
+    run<decltype(tag)>(iter, 0, true);
+    return true;
+  });
+  TORCH_INTERNAL_ASSERT(ran);
   return out;
 }
 

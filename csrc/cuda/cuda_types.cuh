@@ -15,6 +15,7 @@
 #endif
 
 #include "pgsl/macros.h"
+#include "pgsl/scalar_kind.h"
 
 namespace pgsl {
 
@@ -37,25 +38,16 @@ template <> struct OpMath<Half16> { using type = float; };
 template <> struct OpMath<BFloat16> { using type = float; };
 template <typename T> using opmath_t = typename OpMath<T>::type;
 
-// Calls f(T{}) with the storage type of `kind`.
-template <typename F>
-cudaError_t dispatch_kind(ScalarKind kind, F&& f) {
-  switch (kind) {
-    case ScalarKind::Float16: return f(Half16{});
-    case ScalarKind::BFloat16: return f(BFloat16{});
-    case ScalarKind::Float32: return f(float{});
-    case ScalarKind::Float64: return f(double{});
-  }
-  return cudaErrorInvalidValue;
-}
-
 // The most blocks a launch asks for: grid-stride loops cover the rest, and
 // 2^20 blocks saturate any current GPU. The emulator's tests lower it.
+constexpr int64_t kMaxGridBlocks = int64_t{1} << 20;
+
 inline int64_t max_grid_blocks() {
 #if defined(PGSL_CUDA_EMULATION)
-  return ::pgsl::emu::grid_cap();
+  const int64_t cap = ::pgsl::emu::grid_cap();  // 0: not lowered
+  return cap > 0 ? cap : kMaxGridBlocks;
 #else
-  return int64_t{1} << 20;
+  return kMaxGridBlocks;
 #endif
 }
 

@@ -1,5 +1,5 @@
 // jsma_saliency_search CUDA entry point: checks, device guard, current stream,
-// the O(B*N) workspace, then the launcher in jsma_search_kernel.cu.
+// the O(B*N) workspace, then the launcher in jsma_saliency_search_kernel.cu.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -8,7 +8,7 @@
 
 #include <tuple>
 
-#include "../checks.h"
+#include "../jsma_saliency_search.h"
 #include "launchers.h"
 
 namespace pgsl {

@@ -151,9 +151,8 @@ cudaError_t launch_jsma_saliency_search(ScalarKind kind, const JsmaSearchParams&
                                         const bool* domain, void* workspace, int64_t* p_out,
                                         int64_t* q_out, bool* found, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
-  const unsigned blocks =
-      static_cast<unsigned>(p.batch < max_grid_blocks() ? p.batch : max_grid_blocks());
-  auto launch = [&](auto tag) {
+  const unsigned blocks = blocks_for(p.batch, 1);  // a block per row
+  return float_switch<void, void>(kind, cudaErrorInvalidValue, [&](auto tag) {
     using T = decltype(tag);
     T* ws = static_cast<T*>(workspace);
     const int64_t plane = p.batch * p.n;
@@ -162,12 +161,7 @@ cudaError_t launch_jsma_saliency_search(ScalarKind kind, const JsmaSearchParams&
         static_cast<const T*>(grad_others), domain, ws, ws + plane, ws + 2 * plane, p_out, q_out,
         found);
     return cudaGetLastError();
-  };
-  switch (kind) {
-    case ScalarKind::Float32: return launch(float{});
-    case ScalarKind::Float64: return launch(double{});
-    default: return cudaErrorInvalidValue;
-  }
+  });
 }
 
 }  // namespace pgsl

@@ -1,6 +1,8 @@
 // CUDA launchers: plain-pointer entry points implemented in the *_kernel.cu
 // files, called by the host code in *_cuda.cpp (which owns ATen, the device
 // guard and the stream). Keeping ATen out of the .cu files keeps nvcc fast.
+// Each takes its kernel family's params struct (pgsl/*.h), the one the host
+// packs for the CPU kernel too.
 #pragma once
 
 #if defined(PGSL_CUDA_EMULATION)
@@ -9,26 +11,14 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#include "pgsl/elementwise_params.h"
 #include "pgsl/jsma.h"
-#include "pgsl/macros.h"
 #include "pgsl/pixel_unshuffle.h"
 #include "pgsl/rpca.h"
+#include "pgsl/scalar_kind.h"
 #include "pgsl/svd_jacobi.h"
 
 namespace pgsl {
-
-constexpr int kMaxDims = 8;
-
-// Geometry of an elementwise op after TensorIterator coalescing: up to
-// kMaxDims dims, innermost first, strides in elements for out, x, tau.
-struct ElementwiseParams {
-  int ndim;
-  int64_t numel;
-  int64_t sizes[kMaxDims];
-  int64_t strides[3][kMaxDims];
-  bool contiguous;  // out and x dense in the same order
-  bool index32;     // every offset fits in int32 (TensorIterator::can_use_32bit_indexing)
-};
 
 // tau == nullptr: scalar tau_value. Otherwise tau is an operand of x's dtype.
 cudaError_t launch_soft_threshold(ScalarKind kind, const ElementwiseParams& p, void* out,
@@ -49,27 +39,12 @@ cudaError_t launch_jsma_saliency_search(ScalarKind kind, const JsmaSearchParams&
                                         int64_t* q_out, bool* found, cudaStream_t stream);
 
 // Small-matrix SVT and RPCA, one matrix per thread (pgsl/svd_jacobi.h and
-// pgsl/rpca.h with L = 1). `workspace` holds small_*_workspace(g) elements of
-// the matrix dtype; tau / mu0 are (B,) in that dtype.
+// pgsl/rpca.h with L = 1). `workspace` holds small_*_workspace(p.g) elements
+// of the matrix dtype.
 int64_t small_svt_workspace(const SmallBatchGeometry& g);
+cudaError_t launch_small_svt(const SvtParams& p, void* workspace, cudaStream_t stream);
+
 int64_t small_rpca_workspace(const SmallBatchGeometry& g);
-
-cudaError_t launch_small_svt(ScalarKind kind, const SmallBatchGeometry& g, const void* x,
-                             const void* tau, void* out, int* kept, void* workspace,
-                             cudaStream_t stream);
-
-struct RpcaKernelOptions {
-  double lam, tol;
-  int64_t max_iter;
-  bool continuation;
-  RpcaMethod method;
-  const void* init;             // the starting S in x's dtype, or null
-  SmallBatchGeometry init_geometry;
-};
-
-cudaError_t launch_small_rpca(ScalarKind kind, const SmallBatchGeometry& g, const void* x,
-                              const void* mu0, const RpcaKernelOptions& options, void* low_rank,
-                              void* sparse, int64_t* iterations, bool* converged, void* workspace,
-                              cudaStream_t stream);
+cudaError_t launch_small_rpca(const RpcaParams& p, void* workspace, cudaStream_t stream);
 
 }  // namespace pgsl

@@ -6,7 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../pixel_unshuffle_concat.h"
 #include "launchers.h"
 
 namespace pgsl {

@@ -11,15 +11,15 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// The work items of both kernels: first one per f-element run of an input row
-// (b, c, h, wo), then one per f x f saliency block (b, ho, wo).
+// The params' sizes in the kernel's index type, and the work item -> coordinates
+// maps (the work items are UnshuffleParams' row runs, then its blocks).
 template <typename Index>
 struct UnshuffleGrid {
   Index f, C, H, W, Ho, Wo, OC, plane, runs, total;
   __device__ explicit UnshuffleGrid(const UnshuffleParams& p)
-      : f(p.factor), C(p.channels), H(p.height), W(p.width), Ho(p.height / p.factor),
-        Wo(p.width / p.factor), OC(C * f * f + 1), plane(Ho * Wo),
-        runs(Index(p.batch) * C * H * Wo), total(runs + Index(p.batch) * Ho * Wo) {}
+      : f(p.factor), C(p.channels), H(p.height), W(p.width), Ho(p.out_height()),
+        Wo(p.out_width()), OC(p.out_channels()), plane(Ho * Wo), runs(p.row_runs()),
+        total(p.row_runs() + p.blocks()) {}
   __device__ void run(Index k, Index& b, Index& c, Index& h, Index& wo) const {
     wo = k % Wo, h = (k / Wo) % H, c = (k / (Wo * H)) % C, b = k / (Wo * H * C);
   }
@@ -100,17 +100,13 @@ bool fits_int32(const UnshuffleParams& p) {
          p.batch * p.channels * p.height * p.width < limit;
 }
 
-int64_t work_items(const UnshuffleParams& p) {
-  return p.batch * p.channels * p.height * p.out_width() + p.batch * p.out_height() * p.out_width();
-}
-
 }  // namespace
 
 cudaError_t launch_pixel_unshuffle_concat(ScalarKind kind, const UnshuffleParams& p, const void* x,
                                           const void* saliency, void* out, cudaStream_t stream) {
-  const int64_t work = work_items(p);
+  const int64_t work = p.row_runs() + p.blocks();
   if (work == 0) return cudaSuccess;
-  return dispatch_kind(kind, [&](auto tag) {
+  return float_switch<Half16, BFloat16>(kind, cudaErrorInvalidValue, [&](auto tag) {
     using T = decltype(tag);
     const unsigned grid = blocks_for(work, kThreads);
     if (fits_int32(p))
@@ -128,9 +124,9 @@ cudaError_t launch_pixel_unshuffle_concat(ScalarKind kind, const UnshuffleParams
 cudaError_t launch_pixel_unshuffle_concat_backward(ScalarKind kind, const UnshuffleParams& p,
                                                    const void* grad_out, const void* saliency,
                                                    void* grad_x, void* grad_s, cudaStream_t stream) {
-  const int64_t work = work_items(p);
+  const int64_t work = p.row_runs() + p.blocks();
   if (work == 0) return cudaSuccess;
-  return dispatch_kind(kind, [&](auto tag) {
+  return float_switch<Half16, BFloat16>(kind, cudaErrorInvalidValue, [&](auto tag) {
     using T = decltype(tag);
     const unsigned grid = blocks_for(work, kThreads);
     if (fits_int32(p))

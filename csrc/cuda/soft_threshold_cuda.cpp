@@ -7,7 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../soft_threshold.h"
 #include "launchers.h"
 
 namespace pgsl {
@@ -21,16 +21,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor* tau, double tau_value) {
   if (iter.ndim() > kMaxDims) {  // rare: more than 8 non-coalescable dims
     return run(x.contiguous(), tau, tau_value).view_as(x).clone(at::MemoryFormat::Preserve);
   }
-  ElementwiseParams p{};
-  p.ndim = static_cast<int>(iter.ndim());
-  p.numel = iter.numel();
-  p.index32 = iter.can_use_32bit_indexing();
-  const int64_t elem = x.element_size();
-  for (int d = 0; d < p.ndim; ++d) {
-    p.sizes[d] = iter.shape()[d];
-    for (int arg = 0; arg < iter.ntensors(); ++arg) p.strides[arg][d] = iter.strides(arg)[d] / elem;
-  }
-  p.contiguous = out.is_non_overlapping_and_dense() && iter.is_contiguous();
+  const ElementwiseParams p = elementwise_params(iter, out);
   C10_CUDA_CHECK(launch_soft_threshold(scalar_kind(x.scalar_type()), p, out.data_ptr(),
                                        x.const_data_ptr(), tau ? tau->const_data_ptr() : nullptr,
                                        tau_value, c10::cuda::getCurrentCUDAStream()));

@@ -59,7 +59,7 @@ cudaError_t launch_soft_threshold(ScalarKind kind, const ElementwiseParams& p, v
                                   const void* x, const void* tau, double tau_value,
                                   cudaStream_t stream) {
   if (p.numel == 0) return cudaSuccess;
-  return dispatch_kind(kind, [&](auto tag) {
+  return float_switch<Half16, BFloat16>(kind, cudaErrorInvalidValue, [&](auto tag) {
     using T = decltype(tag);
     using Acc = opmath_t<T>;
     const unsigned blocks = blocks_for(p.numel, kThreads);

@@ -22,13 +22,3 @@
 #define PGSL_SIMD
 #define PGSL_SIMD_ANY
 #endif
-
-#include <cstdint>
-
-namespace pgsl {
-
-// Element types the kernels are instantiated for. The host side maps
-// at::ScalarType onto this; kernels never see ATen types.
-enum class ScalarKind : int { Float16 = 0, BFloat16 = 1, Float32 = 2, Float64 = 3 };
-
-}  // namespace pgsl

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #include "pgsl/macros.h"
 
@@ -24,9 +25,13 @@ struct UnshuffleParams {
   int64_t x_stride[4];                     // b, c, h, w of x (elements)
   int64_t s_stride[3];                     // b, h, w of saliency (elements)
   BlockReduce reduce;
-  int64_t out_height() const { return height / factor; }
-  int64_t out_width() const { return width / factor; }
-  int64_t out_channels() const { return channels * factor * factor + 1; }
+  PGSL_HOST_DEVICE int64_t out_height() const { return height / factor; }
+  PGSL_HOST_DEVICE int64_t out_width() const { return width / factor; }
+  PGSL_HOST_DEVICE int64_t out_channels() const { return channels * factor * factor + 1; }
+  // The work items of a kernel: one per factor-element run of an input row
+  // (b, c, h, wo), then one per factor x factor saliency block (b, ho, wo).
+  PGSL_HOST_DEVICE int64_t row_runs() const { return batch * channels * height * out_width(); }
+  PGSL_HOST_DEVICE int64_t blocks() const { return batch * out_height() * out_width(); }
 };
 
 // Output channel that receives x[:, c, ho*f + i, wo*f + j].

@@ -20,9 +20,12 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "pgsl/macros.h"
+#include "pgsl/scalar_kind.h"
+#include "pgsl/small_batch_geometry.h"
 #include "pgsl/soft_threshold.h"
 #include "pgsl/svd_jacobi.h"
 
@@ -33,6 +36,30 @@ constexpr int kVResetPeriod = 8;
 enum class RpcaMethod : int {
   kAlternating = 0,  // FISTA on S with L minimised out, adaptive restart (csrc/rpca.cpp)
   kApg = 1,          // accelerated proximal gradient on (L, S), step 1/2 (Lin et al. 2009)
+};
+
+// The one params struct of rpca (flash-attention's Flash_fwd_params): the
+// options, checked and filled by rpca_params() (csrc/rpca.cpp), and the
+// small-matrix batch, filled by rpca_forward() there; taken by the
+// batched host loop (csrc/rpca.cpp), the CPU kernel (cpu/rpca_cpu.cpp) and the
+// CUDA launcher (cuda/rpca_kernel.cu).
+struct RpcaParams {
+  // The options, already defaulted, floored and saturated for x's dtype.
+  double mu;          // the fixed relaxation, unless `continuation`
+  bool continuation;  // mu=None: mu_k decays from mu_0 to its floor (below)
+  double lam, tol;
+  int64_t max_iter;
+  int64_t rank;       // > 0: each SVT randomized at this rank (host loop only); 0: exact
+  RpcaMethod method;
+  // The small-matrix batch.
+  ScalarKind kind;                 // Float32 or Float64
+  SmallBatchGeometry g, init_g;    // of x, and of init when there is one
+  const void* x;
+  const void* init;                // the starting S in x's dtype, or null (S = 0)
+  const void* mu0;                 // (B,): the starting relaxation per matrix
+  void *low_rank, *sparse;         // (B, m, n) contiguous
+  int64_t* iterations;             // (B,)
+  bool* converged;                 // (B,)
 };
 
 // Continuation schedule (mu=None): mu_0 = 0.99 ||X||_2,

@@ -3,8 +3,8 @@
 //
 // The routines work on L independent matrices at once ("lanes"): element (r, c)
 // of lane l lives at A[(c * M + r) * L + l], columns contiguous, lanes
-// innermost. The CPU runs L = 8 (float) / 4 (double) matrices per SIMD register;
-// a CUDA thread runs L = 1. Every decision is taken per lane, so a lane's result
+// innermost. The CPU runs L = kCpuLanes<T> matrices (cpu/simd_clones.h: one
+// 64-byte vector of T per step); a CUDA thread runs L = 1. Every decision is taken per lane, so a lane's result
 // never depends on the others in its group.
 //
 // Work matrices are M x N with M >= N (a wide input is handled as its
@@ -16,9 +16,12 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "pgsl/macros.h"
+#include "pgsl/scalar_kind.h"
+#include "pgsl/small_batch_geometry.h"
 
 namespace pgsl {
 
@@ -240,20 +243,16 @@ PGSL_HOST_DEVICE void reconstruct(const T* A, const T* V, int64_t M, int64_t N, 
 
 namespace pgsl {
 
-// Where the matrices of a small-matrix batch live: input x with arbitrary
-// strides, output contiguous (B, m, n). Kernels work on M x N with M >= N, the
-// transpose of a wide matrix; these maps take work coordinates (r < M, c < N).
-struct SmallBatchGeometry {
-  int64_t batch, m, n, batch_stride, row_stride, col_stride;
-  PGSL_HOST_DEVICE bool wide() const { return m < n; }
-  PGSL_HOST_DEVICE int64_t rows() const { return wide() ? n : m; }  // M
-  PGSL_HOST_DEVICE int64_t cols() const { return wide() ? m : n; }  // N
-  PGSL_HOST_DEVICE int64_t in_offset(int64_t i, int64_t r, int64_t c) const {
-    return i * batch_stride + (wide() ? c * row_stride + r * col_stride : r * row_stride + c * col_stride);
-  }
-  PGSL_HOST_DEVICE int64_t out_offset(int64_t i, int64_t r, int64_t c) const {
-    return i * m * n + (wide() ? c * n + r : r * n + c);
-  }
+// The svt kernel family's params (causal-conv1d's ConvParamsBase): filled by
+// svt_params() (csrc/svt.cpp), taken by the CPU kernel (cpu/svt_cpu.cpp) and
+// the CUDA launcher (cuda/svt_kernel.cu) alike.
+struct SvtParams {
+  ScalarKind kind;       // Float32 or Float64
+  SmallBatchGeometry g;  // of x; out is (B, m, n) contiguous
+  const void* x;
+  const void* tau;       // (B,) in x's dtype
+  void* out;
+  int* kept;             // (B,): how many singular values exceeded tau
 };
 
 // SVT of one lane group, end to end: load (exactly rescaled), sweep, shrink,

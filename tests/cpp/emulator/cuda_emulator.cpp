@@ -63,7 +63,7 @@ struct Launch {
 };
 
 Schedule g_schedule;
-unsigned g_grid_cap = 1u << 20;
+unsigned g_grid_cap = 0;  // not lowered: the launchers' kMaxGridBlocks
 Stats g_stats;
 std::vector<std::string> g_launched;
 cudaError_t g_last_error = cudaSuccess;

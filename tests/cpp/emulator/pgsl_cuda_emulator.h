@@ -96,7 +96,8 @@ const Schedule& schedule();
 std::vector<Schedule> test_schedules();
 
 // The most blocks a launcher asks for (cuda_types.cuh's max_grid_blocks());
-// tests lower it so that grid-stride loops take more than one step.
+// tests lower it so that grid-stride loops take more than one step. 0 (the
+// default): not lowered, the launchers' own kMaxGridBlocks.
 void set_grid_cap(unsigned blocks);
 unsigned grid_cap();
 

@@ -24,8 +24,11 @@
 #include <vector>
 
 #include "../check.h"
-#include "checks.h"
+#include "jsma_saliency_search.h"
 #include "launchers.h"
+#include "pixel_unshuffle_concat.h"
+#include "rpca.h"
+#include "soft_threshold.h"
 #include "svt.h"
 
 namespace {
@@ -33,7 +36,7 @@ namespace {
 using at::Tensor;
 namespace emu = pgsl::emu;
 
-constexpr unsigned kDefaultGridCap = 1u << 20;
+constexpr unsigned kDefaultGridCap = 0;  // the launchers' own (kMaxGridBlocks)
 // Small enough that every multi-block case below runs its grid-stride loops.
 constexpr unsigned kLoweredGridCap = 1;
 const unsigned kGridCaps[] = {kDefaultGridCap, kLoweredGridCap};
@@ -170,16 +173,8 @@ Tensor soft_threshold_emulated(const Tensor& x, const Tensor* tau, double tau_va
   Tensor out = at::empty_like(x);
   auto iter = pgsl::soft_threshold_iterator(out, x, tau);
   EXPECT(iter.ndim() <= pgsl::kMaxDims);
-  pgsl::ElementwiseParams p{};
-  p.ndim = static_cast<int>(iter.ndim());
-  p.numel = iter.numel();
-  p.index32 = iter.can_use_32bit_indexing() && !index64;
-  const int64_t elem = x.element_size();
-  for (int d = 0; d < p.ndim; ++d) {
-    p.sizes[d] = iter.shape()[d];
-    for (int arg = 0; arg < iter.ntensors(); ++arg) p.strides[arg][d] = iter.strides(arg)[d] / elem;
-  }
-  p.contiguous = out.is_non_overlapping_and_dense() && iter.is_contiguous();
+  pgsl::ElementwiseParams p = pgsl::elementwise_params(iter, out);
+  p.index32 = p.index32 && !index64;
   EXPECT_EQ(pgsl::launch_soft_threshold(pgsl::scalar_kind(x.scalar_type()), p, out.data_ptr(),
                                         x.const_data_ptr(), tau ? tau->const_data_ptr() : nullptr,
                                         tau_value, nullptr),
@@ -292,7 +287,7 @@ void pixel_unshuffle_concat_tests() {
 
 // ---------------------------------------------------------------------------- jsma_saliency_search
 std::vector<Tensor> jsma_emulated(const Tensor& gc, const Tensor& go, const Tensor& domain, bool targeted) {
-  // As jsma_search_cuda.cpp.
+  // As jsma_saliency_search_cuda.cpp.
   const pgsl::JsmaSearchParams params = pgsl::jsma_search_params(gc, go, domain, targeted, "test");
   const int64_t batch = params.batch;
   Tensor p_out = at::full({batch}, -1, gc.options().dtype(at::kLong));
@@ -348,34 +343,15 @@ void jsma_saliency_search_tests() {
 }
 
 // ---------------------------------------------------------------------------- svt, rpca
-// As svt_cuda.cpp's small_svt_cuda / small_rpca_cuda.
-void small_svt_emulated(const Tensor& x3, const Tensor& tau, Tensor& out, Tensor& kept) {
-  const pgsl::SmallBatchGeometry g = pgsl::small_batch_geometry(x3);
-  Tensor workspace = at::empty({pgsl::small_svt_workspace(g)}, x3.options());
-  EXPECT_EQ(pgsl::launch_small_svt(pgsl::scalar_kind(x3.scalar_type()), g, x3.const_data_ptr(),
-                                   tau.const_data_ptr(), out.data_ptr(), kept.data_ptr<int>(),
-                                   workspace.data_ptr(), nullptr),
-            cudaSuccess);
+// As svt_cuda.cpp's small_svt_cuda and rpca_cuda.cpp's small_rpca_cuda.
+void small_svt_emulated(const Tensor& x3, const pgsl::SvtParams& p) {
+  Tensor workspace = at::empty({pgsl::small_svt_workspace(p.g)}, x3.options());
+  EXPECT_EQ(pgsl::launch_small_svt(p, workspace.data_ptr(), nullptr), cudaSuccess);
 }
 
-void small_rpca_emulated(const Tensor& x3, const std::optional<Tensor>& init3, const Tensor& mu0,
-                         const pgsl::RpcaOptions& o, Tensor& low_rank, Tensor& sparse, Tensor& iterations,
-                         Tensor& converged) {
-  const pgsl::SmallBatchGeometry g = pgsl::small_batch_geometry(x3);
-  const Tensor mu = mu0.to(x3.scalar_type()).contiguous();
-  Tensor workspace = at::empty({pgsl::small_rpca_workspace(g)}, x3.options());
-  const pgsl::RpcaKernelOptions options{o.lam,
-                                        o.tol,
-                                        o.max_iter,
-                                        !o.mu.has_value(),
-                                        o.method,
-                                        init3 ? init3->const_data_ptr() : nullptr,
-                                        init3 ? pgsl::small_batch_geometry(*init3) : g};
-  EXPECT_EQ(pgsl::launch_small_rpca(pgsl::scalar_kind(x3.scalar_type()), g, x3.const_data_ptr(),
-                                    mu.const_data_ptr(), options, low_rank.data_ptr(), sparse.data_ptr(),
-                                    iterations.data_ptr<int64_t>(), converged.data_ptr<bool>(),
-                                    workspace.data_ptr(), nullptr),
-            cudaSuccess);
+void small_rpca_emulated(const Tensor& x3, const pgsl::RpcaParams& p) {
+  Tensor workspace = at::empty({pgsl::small_rpca_workspace(p.g)}, x3.options());
+  EXPECT_EQ(pgsl::launch_small_rpca(p, workspace.data_ptr(), nullptr), cudaSuccess);
 }
 
 // Tolerances: the CUDA kernel runs the CPU kernel's per-matrix code (one lane
