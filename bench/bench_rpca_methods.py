@@ -157,6 +157,32 @@ def bench_warm(quick, repeats):
                 e2_cold_t=t_cold, e2_warm_t=t_warm)
 
 
+def bench_trained_epochs(folder: Path, repeats: int, images: int = 128) -> dict:
+    """A real epoch 2: the activation maps a trained run's client sends for the same test images
+    after epoch 1 and after epoch 2 (batch statistics, as in training); epoch 2 solved cold and
+    warm-started from epoch 1's S."""
+    import copy
+
+    from pgsl.train import restore
+
+    run = restore(str(folder))
+    if run.cfg.defense != "pgsl":
+        raise SystemExit(f"--run {folder}: expected a --defense pgsl run, got --defense {run.cfg.defense}")
+    second = run.client.net
+    first = copy.deepcopy(second)
+    first.load_state_dict(torch.load(folder / "client_epoch1.pt", weights_only=False)["client"]["net"])
+    index = torch.arange(min(images, len(run.dataset.test)))
+    with torch.no_grad():
+        x1, x2 = (net.train()(run.client.inputs("test", index)) for net in (first, second))
+    start = ops.rpca(x1, mu=run.cfg.mu)
+    t_cold, cold = best_time(lambda: ops.rpca(x2, mu=run.cfg.mu), repeats)
+    t_warm, warm = best_time(lambda: ops.rpca(x2, mu=run.cfg.mu, init=start.sparse), repeats)
+    return dict(folder=str(folder), maps=x2.shape[0] * x2.shape[1], cold_it=cold.iterations.double().mean().item(),
+                warm_it=warm.iterations.double().mean().item(), cold_t=t_cold, warm_t=t_warm,
+                converged=(cold.converged.double().mean().item(), warm.converged.double().mean().item()),
+                apart=((warm.low_rank - cold.low_rank).norm(dim=(-2, -1)) / x2.norm(dim=(-2, -1)).clamp_min(1e-30)).max().item())
+
+
 def render(rows, caps, tols, warm, env) -> str:
     out = ["## rpca methods", "",
            f"{datetime.date.today()}, {env['cpu_model']} ({env['cpu_count']} logical CPUs, shared with other "
@@ -201,7 +227,28 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smaller batches, no 512 x 512 family")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write", type=Path, default=None, help="results file to update (e.g. bench/RESULTS.md)")
+    parser.add_argument("--trained-run", type=Path, default=None, metavar="DIR",
+                        help="only the warm start of a real epoch 2, from a `pgsl train` run folder with two epochs")
     args = parser.parse_args(argv)
+    if args.trained_run is not None:
+        t, env = bench_trained_epochs(args.trained_run, args.repeats), environment()
+        section = "\n".join([
+            "## rpca warm start in a trained run's epoch 2", "",
+            f"{datetime.date.today()}, {env['cpu_model']} ({env['cpu_count']} logical CPUs), torch {env['torch']}, "
+            f"commit `{env['git_commit']}`. `PYTHONPATH=.:python python bench/bench_rpca.py --trained-run RUN "
+            "--write bench/RESULTS.md`: the maps the client sends for the same 128 test images after epoch 1 and "
+            "after epoch 2 (batch statistics, as in training), epoch 2 solved cold and from epoch 1's S "
+            f"(mu 0.55, float32, best of {args.repeats}).", "",
+            "| maps | cold iterations (mean) | warm iterations (mean) | cold time | warm time | converged cold / warm | max L distance warm vs cold |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            f"| {t['maps']} | {t['cold_it']:.1f} | {t['warm_it']:.1f} | {t['cold_t'] * 1e3:.0f} ms | {t['warm_t'] * 1e3:.0f} ms | "
+            f"{t['converged'][0]:.3f} / {t['converged'][1]:.3f} | {t['apart']:.1e} |", ""])
+        print(section)
+        if args.write:
+            from bench.table import update_results
+
+            update_results(args.write, {"rpca-trained-epoch2": f"<!-- bench:rpca-trained-epoch2 -->\n{section.rstrip()}\n<!-- /bench:rpca-trained-epoch2 -->\n"})
+        return
     inputs = family_inputs(args.quick)
     rows = bench_families(inputs, args.repeats, args.quick)
     caps = bench_caps(inputs["activations 14x14"])

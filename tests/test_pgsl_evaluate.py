@@ -58,3 +58,18 @@ def test_bad_arguments(runs, tmp_path, capsys):
     assert "--attacks: unknown telepathy" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate"])  # --run or --compare is required
+
+
+def test_reconstruction_grid_with_fewer_reconstructions_than_columns(runs, tmp_path):
+    # DLG reconstructs one batch (2 images by default): its row is shorter than the grid
+    # (this crashed a 35-minute evaluation at its last step).
+    import torch
+
+    from pgsl.evaluate import figures
+    from pgsl.train import restore
+
+    run = restore(str(runs / "none"))
+    targets = run.dataset.test.subset(torch.arange(6))
+    reconstructions = {"none": {"decoder": targets.x.clone(), "dlg": targets.x[:2].clone()}}
+    path = figures.reconstruction_grid({"none": run}, targets, reconstructions, str(tmp_path / "grid.png"))
+    assert os.path.getsize(path) > 1000

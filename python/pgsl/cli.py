@@ -78,8 +78,8 @@ def _add_train(sub) -> None:
     g.add_argument("--timeout", type=float, default=d.timeout, help="seconds a silent peer is waited for before the run ends with an error")
     g = p.add_argument_group("PGSL")
     g.add_argument("--mu", type=float, default=d.mu, help="rpca relaxation mu")
-    g.add_argument("--rpca-iters", type=_integer, default=d.rpca_iters, help="rpca iteration cap per activation map (30: an epoch's rpca in ~3 minutes on 2 cores; trained maps need "
-                        "hundreds of iterations to converge, at ~0.26 CPU-s per iteration per batch of 128)")
+    g.add_argument("--rpca-iters", type=_integer, default=d.rpca_iters, help="rpca iteration cap per activation map (trained maps converge in ~40-120 iterations; "
+                        "the cap only bounds a pathological map)")
     g.add_argument("--rpca-tol", type=float, default=d.rpca_tol, help="rpca stopping tolerance (relative optimality residual)")
     g.add_argument("--rpca-grad", default=d.rpca_grad, choices=["detach", "identity"],
                    help="gradient through rpca in the fusion stream: detach (L is a constant) or identity (straight-through)")

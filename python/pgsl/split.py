@@ -83,7 +83,7 @@ class SplitConfig:
     lr: float = 1e-3
     lr_decay: float = 3e-4
     mu: float = 0.55
-    rpca_iters: int = 30
+    rpca_iters: int = 200
     rpca_tol: float = 1e-7
     rpca_grad: str = "detach"
     fusion_weights: Sequence[float] = (0.5, 0.3, 0.2)

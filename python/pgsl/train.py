@@ -629,7 +629,11 @@ class TrainedRun:
         """Per-stream logits for images ``x`` through both halves; ``bpda=True``: differentiable
         in ``x`` end to end (JSMA and rpca as the identity)."""
         a = self.wire(x, bpda=bpda)
-        return self.server.attack_logits(a) if bpda else self.server.net(a, self.server.low_rank(a)) if self.cfg.defense == "pgsl" else self.server.net(a)
+        if bpda:
+            return self.server.attack_logits(a)
+        if self.cfg.defense == "pgsl":
+            return self.server.net(a, self.server.low_rank(a))
+        return self.server.net(a)
 
     def fused_probs(self, logits: Dict[str, torch.Tensor]) -> torch.Tensor:
         """The decision: the fusion-weighted average of the streams' softmax scores ``(B, K)``."""

@@ -35,7 +35,10 @@ def reconstruction_grid(runs, targets, reconstructions: Dict[str, Dict[str, torc
     for i, (label, images) in enumerate(rows):
         for j in range(n):
             ax = axes[i][j]
-            ax.imshow(images[j, 0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            if j < len(images):  # an attack may reconstruct fewer targets (DLG: one batch)
+                ax.imshow(images[j, 0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.axis("off")
             ax.set_xticks([])
             ax.set_yticks([])
         axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)

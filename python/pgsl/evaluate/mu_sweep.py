@@ -33,12 +33,11 @@ from ..train import TrainedRun
 __all__ = ["DEFAULT_MUS", "DEFAULT_SWEEP_IMAGES", "DEFAULT_SWEEP_ITERS", "DEFAULT_SWEEP_TOL", "sweep_mu"]
 
 DEFAULT_MUS = tuple(round(0.05 * k, 2) for k in range(1, 21))
-# The trainer's default rpca cap (what the server runs). Measured on a loaded 2-core CPU: 32
-# images took 109 s of process CPU time for both settings, nearly all of it the 64 activation
-# channels at the cap (few 14 x 14 channels converge to tol within 100 iterations; the result
-# reports how many did), so 50 images stay within the 3-minute budget.
+# The trainer's default rpca cap (what the server runs). Each mu starts from the previous mu's
+# sparse part (rpca's warm start), which saves about a third of the iterations of a sweep
+# (bench/RESULTS.md, "rpca methods"); the result reports iterations and convergence per mu.
 DEFAULT_SWEEP_IMAGES = 50
-DEFAULT_SWEEP_ITERS = 100
+DEFAULT_SWEEP_ITERS = 200
 DEFAULT_SWEEP_TOL = 1e-5
 
 
@@ -48,13 +47,15 @@ def _mse(a: Tensor, b: Tensor) -> float:
 
 def _sweep(attacked: Tensor, clean: Tensor, mus: Sequence[float], max_iter: int, tol: float, bar, batch: int) -> dict:
     """rpca of every ``(m, n)`` matrix of ``attacked (N, C, m, n)`` per mu, MSE of its low-rank part
-    against ``clean``."""
+    against ``clean``; each mu warm-started from the previous mu's sparse part."""
     table = {"mu": [], "mse": [], "mean_iterations": [], "converged_fraction": [], "seconds": [], "cpu_seconds": []}
+    starts = [None] * len(attacked.split(batch))
     for mu in mus:
         start, cpu = time.perf_counter(), time.process_time()
         sq_error, iterations, converged = 0.0, 0.0, 0.0
-        for a, c in zip(attacked.split(batch), clean.split(batch)):
-            result = pgsl_ext.ops.rpca(a, mu=mu, max_iter=max_iter, tol=tol)
+        for i, (a, c) in enumerate(zip(attacked.split(batch), clean.split(batch))):
+            result = pgsl_ext.ops.rpca(a, mu=mu, max_iter=max_iter, tol=tol, init=starts[i])
+            starts[i] = result.sparse
             sq_error += float((result.low_rank.double() - c.double()).pow(2).sum())
             iterations += float(result.iterations.double().sum())
             converged += float(result.converged.double().sum())
@@ -175,14 +176,15 @@ def sweep_mu(
     return {
         "mus": mus,
         "num_images": n,
-        "rpca": {"max_iter": max_iter, "tol": tol, "lam": "1/sqrt(max(m, n))"},
+        "rpca": {"max_iter": max_iter, "tol": tol, "lam": "1/sqrt(max(m, n))", "warm_start": "each mu from the previous mu's sparse part"},
         "attack": (
             f"the client's JSMA against its surrogate with the surrogate's predicted label (theta {run.cfg.jsma_theta}, "
             f"gamma {run.cfg.jsma_gamma}); mean L0 {float(((x_adv - x).abs() > 1e-6).flatten(1).sum(1).double().mean()):.1f} pixels"
         ),
         "how": (
             f"MSE(rpca low-rank part, clean) against mu on {n} JSMA-attacked test images (the client's own JSMA); "
-            f"rpca capped at {max_iter} iterations, tol {tol:g}; 'images': whole images (the paper's Figure 3), "
+            f"rpca capped at {max_iter} iterations, tol {tol:g}, each mu warm-started from the previous mu's sparse part; "
+            "'images': whole images (the paper's Figure 3), "
             "'activations': the cut-layer channels the server receives, against the clean image's activations "
             "(zero perturbation map)"
         ),

@@ -173,6 +173,10 @@ def evaluate(
     if "musweep" in evaluations and pgsl_runs:
         report["mu_sweep"] = mu_sweep.sweep_mu(pgsl_runs[0], targets, progress=progress)
     report["seconds"] = time.perf_counter() - started
+    # The numbers and the reconstructions first: a figure that fails must not lose the run.
+    _write_report(report, out)
+    if reconstructions:
+        torch.save(reconstructions, os.path.join(out, "reconstructions.pt"))
 
     from . import figures as figs
 
@@ -185,12 +189,16 @@ def evaluate(
     if "privacy" in report:
         figures["privacy_accuracy"] = figs.privacy_accuracy(report, os.path.join(out, "privacy_accuracy.png"))
     report["figures"] = {k: os.path.basename(v) for k, v in figures.items()}
+    _write_report(report, out)
+    return report
+
+
+def _write_report(report: dict, out: str) -> None:
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(_jsonable(report), f, indent=2)
         f.write("\n")
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(markdown(report))
-    return report
 
 
 def _jsonable(obj):
