@@ -188,7 +188,7 @@ def render(rows, caps, tols, warm, env) -> str:
            f"{datetime.date.today()}, {env['cpu_model']} ({env['cpu_count']} logical CPUs, shared with other "
            f"jobs: timings are noisy, iteration counts are not), torch {env['torch']}, "
            f"{env['torch_threads']} threads, commit `{env['git_commit']}`. "
-           "`PYTHONPATH=. python bench/bench_rpca.py --write bench/RESULTS.md`.", "",
+           "`PYTHONPATH=. python bench/bench_rpca_methods.py --write bench/RESULTS.md`.", "",
            "### Iterations and time to tol 1e-7, mu 0.55", "",
            "Iterations: mean per matrix (float64 to tol 1e-7 / float32 to its floor 7.6e-6). Time: float32, "
            "whole batch, best of the repeats. dist: worst relative distance of L (float64 run) to a "
@@ -235,7 +235,7 @@ def main(argv=None):
         section = "\n".join([
             "## rpca warm start in a trained run's epoch 2", "",
             f"{datetime.date.today()}, {env['cpu_model']} ({env['cpu_count']} logical CPUs), torch {env['torch']}, "
-            f"commit `{env['git_commit']}`. `PYTHONPATH=.:python python bench/bench_rpca.py --trained-run RUN "
+            f"commit `{env['git_commit']}`. `PYTHONPATH=.:python python bench/bench_rpca_methods.py --trained-run RUN "
             "--write bench/RESULTS.md`: the maps the client sends for the same 128 test images after epoch 1 and "
             "after epoch 2 (batch statistics, as in training), epoch 2 solved cold and from epoch 1's S "
             f"(mu 0.55, float32, best of {args.repeats}).", "",
@@ -245,9 +245,7 @@ def main(argv=None):
             f"{t['converged'][0]:.3f} / {t['converged'][1]:.3f} | {t['apart']:.1e} |", ""])
         print(section)
         if args.write:
-            from bench.table import update_results
-
-            update_results(args.write, {"rpca-trained-epoch2": f"<!-- bench:rpca-trained-epoch2 -->\n{section.rstrip()}\n<!-- /bench:rpca-trained-epoch2 -->\n"})
+            update_results(args.write, {"rpca-trained-epoch2": marked("rpca-trained-epoch2", section)})
         return
     inputs = family_inputs(args.quick)
     rows = bench_families(inputs, args.repeats, args.quick)
