@@ -38,23 +38,17 @@ JSMA changes few pixels), and reports the image estimate. It cannot undo the per
 map is pooled, and where JSMA saturated a pixel the clean value is lost), so its best estimate of
 the clean image is its estimate of ``x_adv``.
 
-Status, measured on 1-epoch dev runs (mnist5k, 8-64 targets from the second half of the test
-split; PSNR against the clean images; the mean auxiliary image scores 11.6-11.9 dB):
+Status, measured with the defaults on the 2-epoch mnist5k runs of the README (commit cb4de54,
+``results/mnist5k-compare/``; PSNR against the clean images, the mean auxiliary image 11.7 dB):
+decoder none 36.5 / pgsl 27.5 / noise 31.1 / nopeek 35.5 dB; white box 93.1 / 19.1 (85.7
+against the image pgsl encoded) / 33.9 / 92.4 dB; UnSplit 16.6 / 5.0 / 11.9 / 7.7 dB; DLG
+6.2 / 6.8 / 6.3 / 4.8 dB. DLG recovers nothing even without a defence at this budget (read it
+as "not recovered", not as a privacy property); UnSplit recovers the undefended digits only.
 
-- ``--defense none``: decoder 28.6 dB (10 epochs, 200 aux), white box 51.7 dB (100 steps,
-  TV 1e-3: exact inversion); ``--defense pgsl``: decoder 21.5 dB (17.0 against the attacked
-  image), white box 17.5 dB against the clean image and 56.3 dB against the attacked image (it
-  recovers exactly what the client encoded, JSMA pixels included).
-- UnSplit and DLG run but do not yet beat the mean-image guess at these budgets (none: UnSplit
-  8.3 dB after 20 rounds, DLG 8.7 dB for one image after 60 L-BFGS iterations); their results
-  should be read as "not recovered at this budget", not as a privacy property of a defence.
-
-Cost (process CPU seconds, all threads, measured on a 2-core machine shared by several jobs, so
-wall times were 3-7x these): decoder 10 epochs on 200 auxiliary images 22-27 s; white box 100
-steps on 8-16 images 15-20 s; UnSplit 20 rounds on 4 / 16 images 28 / 54 s; DLG about 1 s per
-L-BFGS function evaluation for one image (none), 2 s for two images (pgsl). The defaults are
-sized from these to about 10 minutes of wall time for all four attacks on one mnist5k run of an
-idle 2-core CPU (estimated, not measured idle); :data:`FULL_SETTINGS` is the full protocol.
+Cost: the whole default report for the four runs took 32 minutes of wall time (1,258 CPU-s) on a 2-core
+CPU shared with a build (load 5-9): the inversion attacks took 4.5 to 11 minutes per run (the
+decoder's 30 epochs took 8 minutes on the first run, 1.5 to 3 on the others), the robustness
+attacks and the mu sweep the rest; :data:`FULL_SETTINGS` is the full protocol.
 
 Simplifications, stated in each result's ``how``: the DLG gradients are those of one step with
 both halves in eval mode (no dropout mask or batch statistics the attacker would have to guess),
