@@ -42,10 +42,7 @@ def reconstruction_grid(runs, targets, reconstructions: Dict[str, Dict[str, torc
             ax.set_xticks([])
             ax.set_yticks([])
         axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def mu_curve(sweep: dict, path: str) -> str:
@@ -60,10 +57,7 @@ def mu_curve(sweep: dict, path: str) -> str:
     ax.set_yscale("log")
     ax.set_title("rpca recovery of JSMA-attacked inputs")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def accuracy_bars(rob: dict, path: str) -> str:
@@ -93,28 +87,29 @@ def accuracy_bars(rob: dict, path: str) -> str:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("accuracy under attack")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def privacy_accuracy(report: dict, path: str) -> str:
     """One point per run: clean accuracy against the best (strongest) attack's reconstruction PSNR."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, attacks in report["privacy"].items():
+    for i, (name, attacks) in enumerate(report["privacy"].items()):
         psnrs = [(r["metrics_vs_clean"]["psnr"], a) for a, r in attacks.items() if "metrics_vs_clean" in r]
         if not psnrs:
             continue
         psnr, attack = max(psnrs)
         acc = report["runs"][name]["test_accuracy"]
         ax.scatter([acc], [psnr], s=50)
-        ax.annotate(f"{name} ({attack})", (acc, psnr), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.annotate(f"{name} ({attack})", (acc, psnr), textcoords="offset points", xytext=(5, 5 - 14 * (i % 2)), fontsize=8)  # neighbours alternate above / below
     ax.set_xlabel("clean test accuracy")
     ax.set_ylabel("reconstruction PSNR of the strongest attack (dB)\n(lower = more private)")
     ax.set_title("privacy against accuracy")
     ax.grid(alpha=0.3)
+    return _save(fig, path, dpi=110)
+
+
+def _save(fig, path: str, *, dpi: int) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
