@@ -149,3 +149,12 @@ def low_rank_plus_sparse(batch, m, n, rank, density, seed):
 def digit_images(count: int, size: int) -> torch.Tensor:
     """Digits upsampled (bilinear) to size x size, (count, size, size)."""
     return F.interpolate(mnist_digits(count), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
+def times_power_of_two(x, e):
+    """x * 2**e, exactly, in steps whose factors stay normal float64 numbers."""
+    while e:
+        step = max(-1000, min(1000, e))
+        x = x * 2.0**step
+        e -= step
+    return x

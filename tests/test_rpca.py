@@ -7,7 +7,7 @@ import torch
 
 from tests import common_utils as families
 from pgsl_ext import ops, reference
-from tests.common_utils import DEVICES, assert_within_float32_error, random_matrices as _matrices, with_layout
+from tests.common_utils import DEVICES, assert_within_float32_error, random_matrices as _matrices, times_power_of_two, with_layout
 
 METHODS = ["alternating", "apg"]
 
@@ -254,14 +254,6 @@ def test_zero_size_matrices(device, shape):
         assert (r.iterations == 0).all() and r.converged.all()
 
 
-def _times_power_of_two(x, e):
-    while e:
-        step = max(-1000, min(1000, e))
-        x = x * 2.0**step
-        e -= step
-    return x
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape,kwargs", [((3, 6, 5), {}), ((3, 6, 5), {"mu": None}), ((1, 66, 65), {})], ids=str)
@@ -269,16 +261,16 @@ def test_subnormal_matrices(device, dtype, shape, kwargs):
     # A finite subnormal matrix once ran 1,000 iterations and returned NaN, not converged.
     x = _matrices(shape, torch.float64, "cpu", seed=5)
     e = {torch.float32: 126 + 12, torch.float64: 1022 + 12}[dtype]  # max |x| ~ 2^-12 of the smallest normal
-    tiny = _times_power_of_two(x / x.abs().max(), -e).to(dtype)
+    tiny = times_power_of_two(x / x.abs().max(), -e).to(dtype)
     assert tiny.abs().max() < torch.finfo(dtype).tiny
     mu = kwargs.get("mu", 0.55)
-    mu_tiny = None if mu is None else torch.tensor(_times_power_of_two(torch.tensor(mu, dtype=torch.float64), -e).item(), dtype=dtype).item()
+    mu_tiny = None if mu is None else torch.tensor(times_power_of_two(torch.tensor(mu, dtype=torch.float64), -e).item(), dtype=dtype).item()
     max_iter = 400 if shape[-1] < 64 else 60
     got = ops.rpca(tiny.to(device), mu=mu_tiny, max_iter=max_iter)
     assert torch.isfinite(got.low_rank).all() and torch.isfinite(got.sparse).all()
     # rpca is homogeneous: the same problem on the exactly rescaled (normal) matrix.
-    normal = _times_power_of_two(tiny.double(), e).to(dtype)
-    want = ops.rpca(normal.to(device), mu=None if mu is None else _times_power_of_two(mu_tiny, e), max_iter=max_iter)
+    normal = times_power_of_two(tiny.double(), e).to(dtype)
+    want = ops.rpca(normal.to(device), mu=None if mu is None else times_power_of_two(mu_tiny, e), max_iter=max_iter)
     assert torch.equal(got.converged, want.converged)
     if "mu" not in kwargs and max_iter == 400:
         assert got.converged.all()
@@ -286,7 +278,7 @@ def test_subnormal_matrices(device, dtype, shape, kwargs):
     # the continuation (a subnormal number itself) carries ~1e-3 relative rounding.
     tol = 2e-2 if dtype == torch.float32 else 1e-6
     for a, b in ((got.low_rank, want.low_rank), (got.sparse, want.sparse)):
-        torch.testing.assert_close(_times_power_of_two(a.double(), e), b.double(), rtol=0, atol=tol)
+        torch.testing.assert_close(times_power_of_two(a.double(), e), b.double(), rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -12,6 +12,7 @@ from tests.common_utils import (
     low_rank_plus_noise,
     max_relative_error as _err,
     random_matrices as _matrices,
+    times_power_of_two,
     with_layout,
 )
 
@@ -214,15 +215,6 @@ def test_randomized_confines_non_finite_matrices(device):
     assert torch.isnan(out[1]).all() and torch.isfinite(out[[0, 2]]).all()
 
 
-def _times_power_of_two(x, e):
-    """x * 2**e, exactly, in steps whose factors stay normal float64 numbers."""
-    while e:
-        step = max(-1000, min(1000, e))
-        x = x * 2.0**step
-        e -= step
-    return x
-
-
 # Every path: Jacobi, QR-preconditioned Jacobi (tall, wide), blocked, randomized.
 PATHS = {"jacobi": ((3, 6, 5), {}), "qr-tall": ((2, 40, 6), {}), "qr-wide": ((2, 6, 40), {}),
          "blocked": ((2, 66, 65), {}), "randomized": ((2, 90, 70), {"rank": 3})}
@@ -244,15 +236,15 @@ def test_whole_finite_range(device, dtype, magnitude, path):
     if magnitude == "subnormal":
         assert x.abs().max() < finfo.tiny
     e = -torch.frexp(x.abs().max().double()).exponent.item()
-    scaled = _times_power_of_two(x.double(), e)  # exact: a normal float64 matrix with max in [0.5, 1)
+    scaled = times_power_of_two(x.double(), e)  # exact: a normal float64 matrix with max in [0.5, 1)
     for tau in (0.0, 0.3):
         # tau as the op sees it (rounded to x's dtype), then the same in the rescaled problem.
-        tau_x = torch.tensor(_times_power_of_two(torch.tensor(tau, dtype=torch.float64), -e).item(), dtype=dtype).item()
+        tau_x = torch.tensor(times_power_of_two(torch.tensor(tau, dtype=torch.float64), -e).item(), dtype=dtype).item()
         gen = torch.Generator(device=device).manual_seed(0) if "rank" in kwargs else None
         out = ops.svt(x.to(device), tau_x, generator=gen, **kwargs)
         assert torch.isfinite(out).all()
-        expected = reference.svt(scaled, _times_power_of_two(torch.tensor(tau_x, dtype=torch.float64), e).item())
-        got = _times_power_of_two(out.double().cpu(), e)
+        expected = reference.svt(scaled, times_power_of_two(torch.tensor(tau_x, dtype=torch.float64), e).item())
+        got = times_power_of_two(out.double().cpu(), e)
         # A subnormal float32 result is quantised to 2^-149, ~1e-4 of these entries.
         tol = {torch.float32: 1e-5, torch.float64: 1e-10}[dtype] if magnitude == "near_max" else {torch.float32: 2e-3, torch.float64: 1e-9}[dtype]
         if "rank" in kwargs:
