@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 import time
 from pathlib import Path
@@ -185,8 +186,8 @@ def bench_trained_epochs(folder: Path, repeats: int, images: int = 128) -> dict:
 
 def render(rows, caps, tols, warm, env) -> str:
     out = ["## rpca methods", "",
-           f"{datetime.date.today()}, {env['cpu_model']} ({env['cpu_count']} logical CPUs, shared with other "
-           f"jobs: timings are noisy, iteration counts are not), torch {env['torch']}, "
+           f"{datetime.date.today()}, {env['cpu_model']} ({env['cpu_count']} logical CPUs, 1-minute load average "
+           f"{os.getloadavg()[0]:.1f} at the end: timings depend on it, iteration counts do not), torch {env['torch']}, "
            f"{env['torch_threads']} threads, commit `{env['git_commit']}`. "
            "`PYTHONPATH=. python bench/bench_rpca_methods.py --write bench/RESULTS.md`.", "",
            "### Iterations and time to tol 1e-7, mu 0.55", "",
