@@ -171,7 +171,7 @@ def bench_trained_epochs(folder: Path, repeats: int, images: int = 128) -> dict:
         raise SystemExit(f"--run {folder}: expected a --defense pgsl run, got --defense {run.cfg.defense}")
     second = run.client.net
     first = copy.deepcopy(second)
-    first.load_state_dict(torch.load(folder / "client_epoch1.pt", weights_only=False)["client"]["net"])
+    first.load_state_dict(torch.load(folder / "client_epoch1.pt", weights_only=True)["client"]["net"])
     index = torch.arange(min(images, len(run.dataset.test)))
     with torch.no_grad():
         x1, x2 = (net.train()(run.client.inputs("test", index)) for net in (first, second))
