@@ -641,19 +641,27 @@ class TrainedRun:
         return (probs * self.server.fusion.weights.to(probs.dtype).view(1, -1, 1)).sum(1)
 
 
-def restore(folder: str, *, device: str = "cpu") -> TrainedRun:
-    """Load a finished ``pgsl train`` folder (its last complete epoch) for evaluation."""
+def restore(folder: str, *, device: str = "cpu", epoch: Optional[int] = None) -> TrainedRun:
+    """Load a finished ``pgsl train`` folder for evaluation: the weights after ``epoch`` (default:
+    its last complete epoch; 0: before the first step, rebuilt from the run's seed exactly as
+    training built them). The client's surrogate and attacked images are the run's either way
+    (they are fixed before training)."""
     cfg, metrics = load_run(folder)
     cfg.out, cfg.resume, cfg.device, cfg.progress = folder, True, device, False
-    epoch = min(_marker(folder, "client"), _marker(folder, "server"))
-    if epoch < 1:
+    last = min(_marker(folder, "client"), _marker(folder, "server"))
+    if last < 1:
         raise TrainError(f"--run {folder}: no complete epoch to load")
+    epoch = last if epoch is None else epoch
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= last:
+        raise TrainError(f"epoch: expected an integer from 0 to {last} (the run's last complete epoch), got {epoch!r}")
     dataset, split_cfg = _build(cfg)
     hub = LocalHub()
     server = _seeded(cfg.seed, lambda: Server(split_cfg, hub.link(0)))
-    server.load_state(_load_checkpoint(folder, "server", epoch)["server"])
-    client = Client(1, split_cfg, hub.link(1), {"val": dataset.val, "test": dataset.test})
-    client.load_state(_load_checkpoint(folder, "client", epoch)["client"])
+    # client 1 holds the validation and test images; seeded as training seeds it
+    client = _seeded(cfg.seed + 1, lambda: Client(1, split_cfg, hub.link(1), {"val": dataset.val, "test": dataset.test}))
+    if epoch > 0:
+        server.load_state(_load_checkpoint(folder, "server", epoch)["server"])
+        client.load_state(_load_checkpoint(folder, "client", epoch)["client"])
     if cfg.defense == "pgsl":
         cache_path = os.path.join(folder, "client1_attack.pt")
         if not os.path.exists(cache_path):

@@ -75,6 +75,8 @@ import pgsl_ext.reference
 
 from ..data import Split
 from ..models import ClientNet
+from ..split import distance_correlation
+from ..train import restore
 from .metrics import independent_classifier, reconstruction_metrics
 
 __all__ = [
@@ -297,12 +299,15 @@ class WhiteBoxAttack:
 
 @dataclass
 class UnSplitSettings:
-    """``images``: targets reconstructed (0: all). ``rounds`` of alternating Adam:
-    ``input_steps`` on the inputs (``lr``), then ``model_steps`` on the stand-in (``model_lr``);
-    loss = activation MSE + ``tv`` x total variation (+ ``map_l1`` x |map| for pgsl)."""
+    """``images``: targets reconstructed (0: all). ``restarts`` independent attempts (a fresh
+    stand-in and start each), keeping the one whose stand-in matches the messages best; each is
+    ``rounds`` of alternating Adam: ``input_steps`` on the inputs (``lr``), then ``model_steps``
+    on the stand-in (``model_lr``); loss = activation MSE + ``tv`` x total variation (+
+    ``map_l1`` x |map| for pgsl)."""
 
     images: int = 16
-    rounds: int = 40
+    restarts: int = 3
+    rounds: int = 100
     input_steps: int = 5
     model_steps: int = 5
     lr: float = 0.1
@@ -311,12 +316,35 @@ class UnSplitSettings:
     map_l1: float = 1e-3
 
 
+def match_pixel_statistics(images: Tensor, mean: float, std: float, skewness: float) -> Tensor:
+    """Map each image ``(N, C, H, W)`` affinely so its pixels have the given ``mean`` and ``std``,
+    with the polarity whose skewness has the sign of ``skewness``; clamp to [0, 1].
+
+    UnSplit identifies the input only up to an affine map of its intensities (the stand-in's
+    conv 1 absorbs any ``a x + b``, a < 0 included: digits come back as bright-on-dark or
+    dark-on-bright at any contrast); an attacker fixes it with the pixel statistics of the
+    imaging domain, here those of its auxiliary images."""
+    flat = images.flatten(1)
+    z = (flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True).clamp_min(1e-12)
+    flip = (z.pow(3).mean(1, keepdim=True) * skewness) < 0
+    z = torch.where(flip, -z, z)
+    return (mean + std * z).clamp(0, 1).view_as(images)
+
+
+def pixel_statistics(images: Tensor) -> Dict[str, float]:
+    """Mean, standard deviation and skewness of all pixels of ``images``."""
+    mean, std = float(images.mean()), float(images.std())
+    return {"mean": mean, "std": std, "skewness": float(((images - mean) ** 3).mean()) / max(std, 1e-12) ** 3}
+
+
 class UnSplitAttack:
     name = "unsplit"
 
     def __init__(self, settings: Optional[UnSplitSettings] = None):
         self.settings = settings or UnSplitSettings()
         _check_settings(self.settings)
+        if self.settings.restarts < 1:
+            raise ValueError(f"UnSplitSettings.restarts: expected an integer >= 1, got {self.settings.restarts}")
 
     def how(self, spec: PipelineSpec) -> str:
         s = self.settings
@@ -325,10 +353,31 @@ class UnSplitAttack:
             f"UnSplit: no client weights; a freshly initialised stand-in of the client's architecture "
             f"(conv-ReLU-BN x2, {spec.in_channels} input channels) and the inputs optimised in turn "
             f"({s.rounds} rounds of {s.input_steps} input steps at lr {s.lr:g} and {s.model_steps} model steps "
-            f"at lr {s.model_lr:g}, Adam) to match the intercepted messages in MSE, TV prior {s.tv:g}{extra}"
+            f"at lr {s.model_lr:g}, Adam) to match the intercepted messages in MSE, TV prior {s.tv:g}{extra}; "
+            f"best of {s.restarts} restarts by that MSE; the intensities (identified only up to an affine map) "
+            f"mapped to the auxiliary images' pixel mean, std and skewness sign"
         )
 
-    def reconstruct(self, intercepted: Tensor, spec: PipelineSpec, *, generator: torch.Generator, progress: bool = True) -> Tensor:
+    def reconstruct(
+        self,
+        intercepted: Tensor,
+        spec: PipelineSpec,
+        pixel_stats: Mapping[str, float],
+        *,
+        generator: torch.Generator,
+        progress: bool = True,
+    ) -> Tensor:
+        """``pixel_stats``: :func:`pixel_statistics` of images from the target's domain."""
+        s = self.settings
+        best, best_match = None, math.inf
+        with _bar(s.restarts * s.rounds * (s.input_steps + s.model_steps), "unsplit", progress) as bar:
+            for _ in range(s.restarts):
+                image, match = self._attempt(intercepted, spec, generator, bar)
+                if best is None or match < best_match:
+                    best, best_match = image, match
+        return match_pixel_statistics(best, pixel_stats["mean"], pixel_stats["std"], pixel_stats["skewness"])
+
+    def _attempt(self, intercepted: Tensor, spec: PipelineSpec, generator: torch.Generator, bar):
         s = self.settings
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
@@ -357,14 +406,15 @@ class UnSplitAttack:
             spec.project([torch.empty(0), *free[1:]])
             return match.item()
 
-        with _bar(s.rounds * (s.input_steps + s.model_steps), "unsplit", progress) as bar:
-            for _ in range(s.rounds):
-                for opt, steps in ((opt_input, s.input_steps), (opt_model, s.model_steps)):
-                    for _ in range(steps):
-                        match = step(opt)
-                        bar.update()
-                bar.set_postfix(match=f"{match:.4f}", refresh=False)
-        return current()[0].detach().clone()
+        for _ in range(s.rounds):
+            for opt, steps in ((opt_input, s.input_steps), (opt_model, s.model_steps)):
+                for _ in range(steps):
+                    match = step(opt)
+                    bar.update()
+            bar.set_postfix(match=f"{match:.4f}", refresh=False)
+        with torch.no_grad():
+            final = F.mse_loss(stand_in(spec.net_input(current())), intercepted).item()
+        return current()[0].detach().clone(), final
 
 
 # --------------------------------------------------------------------------- gradient leakage
@@ -372,30 +422,51 @@ class UnSplitAttack:
 
 @dataclass
 class DLGSettings:
-    """``batch_size`` (1-8) images per observed gradient, ``batches`` observed batches; L-BFGS
-    (``lr``, ``iterations`` in all per batch) on the squared gradient distance + ``tv`` x total
-    variation (+ ``map_l1`` x |map| for pgsl)."""
+    """``batch_size`` (1-8) images per observed gradient, ``batches`` observed batches, taken at
+    the run's ``weights``: ``"initial"`` (before its first step, rebuilt from the run's seed as
+    training built them: the aggregator sees every step, and the first leaks most) or ``"final"``
+    (its last epoch). Per batch, ``restarts`` attempts from uniform noise, keeping the one whose
+    gradients match best. ``optimizer``: ``"adam"`` (Geiping et al. 2020: ``iterations`` Adam steps
+    at ``lr`` on the sign of the gradient, the step divided by 10 after 3/8, 5/8 and 7/8 of them,
+    on one minus the cosine similarity of the dummy and observed gradients) or ``"lbfgs"`` (Zhu et
+    al. 2019: L-BFGS with ``iterations`` function evaluations at ``lr`` on the squared distance,
+    relative to the observed gradients' squared norm). Both add ``tv`` x total variation (+
+    ``map_l1`` x |map| for pgsl) and keep the images in [0, 1]."""
 
-    batch_size: int = 2
-    batches: int = 1
-    iterations: int = 60
-    lr: float = 1.0
-    tv: float = 1e-3
+    batch_size: int = 1
+    batches: int = 2
+    restarts: int = 4
+    iterations: int = 600
+    lr: float = 0.03
+    tv: float = 0.05
     map_l1: float = 1e-3
+    weights: str = "initial"
+    optimizer: str = "adam"
+
+
+DLG_WEIGHTS = ("initial", "final")
+DLG_OPTIMIZERS = ("adam", "lbfgs")
 
 
 def client_gradients(run, x: Tensor, y: Tensor) -> List[Tensor]:
     """The victim's side: the client's parameter gradients of one step on images ``x`` with
     labels ``y``, computed as in training (the server's gradient at the message it received; for
-    pgsl the fusion loss through the attacked branch, rpca detached) with both halves in eval
-    mode. Uses the client's real pipeline (its JSMA, its noise)."""
+    pgsl the fusion loss through the attacked branch, rpca detached; for nopeek plus the gradient
+    of its distance-correlation penalty, which is zero for a single image) with both halves in
+    eval mode. Uses the client's real pipeline (its JSMA, its noise)."""
     client = run.client
-    params = list(client.net.parameters())
     activations = client.net(client.net_input(x, encoded_images(run, x)))
     sent = activations + (client.to_wire(activations) - activations).detach()
+    return [g.detach() for g in _parameter_gradients(run, x, activations, sent, y)]
+
+
+def _parameter_gradients(run, x: Tensor, activations: Tensor, sent: Tensor, y: Tensor, *, create_graph: bool = False) -> List[Tensor]:
+    """The client's parameter gradients of the training loss for ``activations`` (sent as ``sent``)."""
     logits = _server_logits(run, sent)
     loss = sum(F.cross_entropy(z, y) for z in logits.values())
-    return [g.detach() for g in torch.autograd.grad(loss, params)]
+    if run.cfg.defense == "nopeek" and len(x) > 1:
+        loss = loss + run.cfg.nopeek_weight * distance_correlation(x, activations)
+    return list(torch.autograd.grad(loss, list(run.client.net.parameters()), create_graph=create_graph))
 
 
 def _server_logits(run, activations: Tensor) -> Dict[str, Tensor]:
@@ -410,20 +481,35 @@ class GradientLeakageAttack:
 
     def __init__(self, settings: Optional[DLGSettings] = None):
         self.settings = settings or DLGSettings()
-        _check_settings(self.settings)
-        if not 1 <= self.settings.batch_size <= 8:
-            raise ValueError(f"DLGSettings.batch_size: expected 1 to 8 images, got {self.settings.batch_size}")
-        if self.settings.iterations < 1:
-            raise ValueError(f"DLGSettings.iterations: expected an integer >= 1, got {self.settings.iterations}")
+        s = self.settings
+        _check_settings(s)
+        if not 1 <= s.batch_size <= 8:
+            raise ValueError(f"DLGSettings.batch_size: expected 1 to 8 images, got {s.batch_size}")
+        for name in ("iterations", "restarts", "batches"):
+            if getattr(s, name) < 1:
+                raise ValueError(f"DLGSettings.{name}: expected an integer >= 1, got {getattr(s, name)}")
+        if s.weights not in DLG_WEIGHTS:
+            raise ValueError(f"DLGSettings.weights: expected one of {', '.join(DLG_WEIGHTS)}, got {s.weights!r}")
+        if s.optimizer not in DLG_OPTIMIZERS:
+            raise ValueError(f"DLGSettings.optimizer: expected one of {', '.join(DLG_OPTIMIZERS)}, got {s.optimizer!r}")
 
     def how(self, spec: PipelineSpec) -> str:
         s = self.settings
         extra = ", pooled perturbation map optimised as a nuisance" if spec.defense == "pgsl" else ""
         noise = "; the victim's gradient is taken at its noisy message, the attacker's dummies are noise-free" if spec.defense == "noise" else ""
+        weights = "before the first step (the run's initial weights, rebuilt from its seed)" if s.weights == "initial" else "at the run's final weights"
+        if s.optimizer == "adam":
+            method = (
+                f"Adam on the signed gradient ({s.iterations} steps, lr {s.lr:g}, /10 at 3/8, 5/8, 7/8) of the cosine "
+                f"distance to the observed gradients (Geiping et al. 2020)"
+            )
+        else:
+            method = f"L-BFGS ({s.iterations} evaluations, lr {s.lr:g}) on the squared distance to the observed gradients (Zhu et al. 2019)"
         return (
-            f"DLG with known labels (iDLG's premise; labels cross the wire): full model known, the client's parameter "
-            f"gradients of one batch of {s.batch_size} observed (eval mode); L-BFGS ({s.iterations} iterations, lr "
-            f"{s.lr:g}) on dummy images to match them in squared distance (relative to the observed gradients' squared norm), TV prior {s.tv:g}{extra}{noise}"
+            f"gradient leakage with known labels (iDLG's premise; labels cross the wire): full model known, the client's "
+            f"parameter gradients of batches of {s.batch_size} observed {weights}, eval mode; dummy images from uniform "
+            f"noise, {method}, TV prior {s.tv:g}, kept in [0, 1]{extra}; best of {s.restarts} restarts by the "
+            f"gradient match{noise}"
         )
 
     def reconstruct(
@@ -438,33 +524,84 @@ class GradientLeakageAttack:
         bar=None,
     ) -> Tensor:
         """``observed``: the client's parameter gradients of one batch with ``labels`` ``(B,)``;
-        ``run``: the full model (client net and server), which this attacker knows."""
+        ``run``: the full model (client net and server) at the step observed, which this attacker
+        knows. Its dummy gradients are computed as :func:`client_gradients` computes the
+        victim's (same modes, same server routes), without the victim's noise."""
+        observed = [o.detach() for o in observed]
+        best, best_match = None, math.inf
+        for _ in range(self.settings.restarts):
+            variables = spec.variables(len(labels), generator)
+            with torch.no_grad():  # DLG's random start, here uniform in the image box
+                variables[0].copy_(torch.rand(variables[0].shape, generator=generator))
+            optimise = self._adam if self.settings.optimizer == "adam" else self._lbfgs
+            image, match = optimise(variables, observed, labels, run, spec, bar)
+            if best is None or match < best_match:
+                best, best_match = image, match
+        return best
+
+    @staticmethod
+    def _match(variables, observed, labels, run, spec: PipelineSpec, *, cosine: bool, create_graph: bool = False) -> Tensor:
+        x = variables[0]
+        activations = run.client.net(spec.net_input(variables))
+        dummy = _parameter_gradients(run, x, activations, activations, labels, create_graph=create_graph)
+        if cosine:
+            dot = sum((d * o).sum() for d, o in zip(dummy, observed))
+            norms = torch.sqrt(sum(d.pow(2).sum() for d in dummy)) * torch.sqrt(sum(o.pow(2).sum() for o in observed))
+            return 1 - dot / norms.clamp_min(1e-30)
+        scale = sum(o.pow(2).sum() for o in observed).clamp_min(1e-30)
+        return sum((d - o).pow(2).sum() for d, o in zip(dummy, observed)) / scale
+
+    def _adam(self, variables, observed, labels, run, spec: PipelineSpec, bar) -> None:
         s = self.settings
-        net = run.client.net
-        params = list(net.parameters())
-        variables = spec.variables(len(labels), generator)
+        opt = torch.optim.Adam(variables, lr=s.lr)
+        milestones = sorted({max(1, int(s.iterations * f)) for f in (3 / 8, 5 / 8, 7 / 8)})
+        schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+        best, best_match = None, math.inf
+        for _ in range(s.iterations):
+            match = self._match(variables, observed, labels, run, spec, cosine=True, create_graph=True)
+            if match.item() < best_match:  # the signed steps oscillate: keep the best iterate
+                best, best_match = variables[0].detach().clone(), match.item()
+            total = match + spec.prior(variables, s.tv, s.map_l1)
+            # only the dummies' gradients: the model's own .grad stays untouched
+            for v, g in zip(variables, torch.autograd.grad(total, variables)):
+                v.grad = g.sign()
+            opt.step()
+            schedule.step()
+            spec.project(variables)
+            if bar is not None:
+                bar.update()
+                bar.set_postfix(match=f"{match.item():.3g}", refresh=False)
+        match = self._match(variables, observed, labels, run, spec, cosine=True).item()
+        return (variables[0].detach().clone(), match) if match < best_match else (best, best_match)
+
+    def _lbfgs(self, variables, observed, labels, run, spec: PipelineSpec, bar) -> None:
+        s = self.settings
         # tolerances 0: the gradient distance is tiny in absolute terms, and L-BFGS would stop at once
         opt = torch.optim.LBFGS(
-            variables, lr=s.lr, max_iter=s.iterations, history_size=100, tolerance_grad=0.0, tolerance_change=0.0, line_search_fn="strong_wolfe"
+            variables, lr=s.lr, max_iter=s.iterations, max_eval=s.iterations, history_size=100,
+            tolerance_grad=0.0, tolerance_change=0.0, line_search_fn="strong_wolfe",
         )
-        scale = sum(float(o.pow(2).sum()) for o in observed) or 1.0
+        evaluations = 0
 
         def closure():
+            nonlocal evaluations
             opt.zero_grad()
-            logits = _server_logits(run, net(spec.net_input(variables)))
-            loss = sum(F.cross_entropy(z, labels) for z in logits.values())
-            dummy = torch.autograd.grad(loss, params, create_graph=True)
-            match = sum((d - o).pow(2).sum() for d, o in zip(dummy, observed)) / scale
+            match = self._match(variables, observed, labels, run, spec, cosine=False, create_graph=True)
             total = match + spec.prior(variables, s.tv, s.map_l1)
-            total.backward()
+            grads = torch.autograd.grad(total, variables)
+            for v, g in zip(variables, grads):
+                v.grad = g
+            evaluations += 1
             if bar is not None:
                 bar.update()
                 bar.set_postfix(match=f"{match.item():.3g}", refresh=False)
             return total
 
         opt.step(closure)
+        if bar is not None:  # L-BFGS may stop before its budget (a failed line search)
+            bar.update(s.iterations - evaluations)
         spec.project(variables)
-        return variables[0].detach().clone()
+        return variables[0].detach().clone(), self._match(variables, observed, labels, run, spec, cosine=False).item()
 
 
 # The full protocol (``pgsl evaluate --full``): every target and many more iterations; hours on a CPU.
@@ -472,7 +609,7 @@ FULL_SETTINGS = {
     "decoder": DecoderSettings(images=0, aux_images=0, epochs=100),
     "whitebox": WhiteBoxSettings(images=0, steps=1000),
     "unsplit": UnSplitSettings(images=0, rounds=200, input_steps=10, model_steps=10),
-    "dlg": DLGSettings(batch_size=4, batches=8, iterations=300),
+    "dlg": DLGSettings(batch_size=1, batches=16, restarts=4, iterations=1000),
 }
 
 ATTACKS = {"decoder": DecoderAttack, "unsplit": UnSplitAttack, "whitebox": WhiteBoxAttack, "dlg": GradientLeakageAttack}
@@ -534,6 +671,11 @@ def _check_split(name: str, split: Split, image_shape) -> None:
         raise ValueError(f"{name}: expected at least one image, got 0")
     if tuple(split.x.shape[1:]) != tuple(image_shape):
         raise ValueError(f"{name}: expected images of shape {tuple(image_shape)} (the run's), got {tuple(split.x.shape[1:])}")
+
+
+def _initial(run):
+    """``run`` before its first step: its folder restored at epoch 0, in eval mode."""
+    return restore(run.folder, device=str(run.client.device), epoch=0).eval()
 
 
 def _first(n: int, total: int) -> int:
@@ -624,19 +766,21 @@ def evaluate_privacy(
             how, knows = attack.how(spec), "the client's weights and pipeline, intercepted messages"
         elif name == "unsplit":
             index = torch.arange(_first(attack.settings.images, len(targets)))
-            recon = attack.reconstruct(intercepted[index], spec, generator=generator, progress=progress)
+            recon = attack.reconstruct(intercepted[index], spec, pixel_statistics(aux.x), generator=generator, progress=progress)
             how, knows = attack.how(spec), "the client's architecture and pipeline (not its weights), intercepted messages"
         else:
             s = attack.settings
             count = min(s.batches * s.batch_size, len(targets))
             index = torch.arange(count)
+            # the model at the observed step; the client's pipeline (surrogate, JSMA, noise) is the run's
+            observed_run = run if s.weights == "final" else _initial(run)
             parts = []
-            with _bar(math.ceil(count / s.batch_size) * s.iterations, "dlg", progress) as bar:
+            with _bar(math.ceil(count / s.batch_size) * s.restarts * s.iterations, "dlg", progress) as bar:
                 for batch in index.split(s.batch_size):
-                    observed = client_gradients(run, targets.x[batch], targets.y[batch])
-                    parts.append(attack.reconstruct(observed, targets.y[batch], run, spec, generator=generator, progress=progress, bar=bar))
+                    observed = client_gradients(observed_run, targets.x[batch], targets.y[batch])
+                    parts.append(attack.reconstruct(observed, targets.y[batch], observed_run, spec, generator=generator, progress=progress, bar=bar))
             recon = torch.cat(parts)
-            how, knows = attack.how(spec), "the full model, the batch's labels and the client's parameter gradients of one batch"
+            how, knows = attack.how(spec), "the full model at the observed step, the batch's labels and the client's parameter gradients of that batch"
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         result[name] = {
             "how": how,
