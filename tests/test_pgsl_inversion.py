@@ -8,7 +8,16 @@ import torch
 import torch.nn as nn
 
 from pgsl.data import Split
-from pgsl.evaluate.inversion import DLGSettings, GradientLeakageAttack, evaluate_privacy, total_variation
+from pgsl.evaluate.inversion import (
+    DLGSettings,
+    GradientLeakageAttack,
+    UnSplitAttack,
+    UnSplitSettings,
+    evaluate_privacy,
+    match_pixel_statistics,
+    pixel_statistics,
+    total_variation,
+)
 from pgsl.evaluate.metrics import reconstruction_metrics
 from pgsl.models import SmallCNN, fit_classifier
 from pgsl.train import TrainConfig, restore, train
@@ -115,10 +124,8 @@ def privacy(tiny_run):
     settings = {
         "decoder": {"epochs": 20},
         "whitebox": {"steps": 60, "images": 4},
-        # UnSplit and DLG do not yet beat the mean-image guess at affordable budgets (see
-        # pgsl.evaluate.inversion); here they only run, at minimal budgets, for the layout
-        "unsplit": {"rounds": 2, "images": 4},
-        "dlg": {"batch_size": 1, "batches": 1, "iterations": 3},
+        "unsplit": {"images": 4},  # default budget: 3 restarts of 100 rounds
+        "dlg": {"batches": 2, "restarts": 8},  # 2 images, twice the default restarts (600 steps each)
     }
     return evaluate_privacy(run, targets, aux, settings=settings, classifier=classifier, progress=False)
 
@@ -135,16 +142,47 @@ def test_result_layout(privacy):
             assert result[key]["images"] == n and result[key]["classifier_accuracy"] is not None
         # without the pgsl defence the client encodes the clean image
         assert result["metrics_vs_encoded"]["mse"] == pytest.approx(result["metrics_vs_clean"]["mse"])
-    assert privacy["dlg"]["indices"] == [0]
+    assert privacy["dlg"]["indices"] == [0, 1]
+    assert "before the first step" in privacy["dlg"]["how"]
     assert privacy["decoder"]["indices"] == list(range(16))
 
 
-@pytest.mark.parametrize("name, margin_db", [("decoder", 3.0), ("whitebox", 10.0)])
-def test_attack_recovers_images_without_defence(privacy, name, margin_db):
+# Measured on this run (PSNR / SSIM above the mean-image guess): decoder +19.2 dB / +0.67, white
+# box +42.0 / +0.66, UnSplit +2.9 / +0.31, DLG +4.5 / +0.12. DLG depends on its random starts:
+# with the default 4 restarts the same two images gave +1.5 / +0.03 here and +3.2 to +3.8 /
+# +0.08 to +0.11 with other seeds, hence 8 restarts in this fixture.
+@pytest.mark.parametrize(
+    "name, margin_db, margin_ssim", [("decoder", 3.0, 0.2), ("whitebox", 10.0, 0.2), ("unsplit", 2.0, 0.2), ("dlg", 2.0, 0.05)]
+)
+def test_attack_recovers_images_without_defence(privacy, name, margin_db, margin_ssim):
     result = privacy[name]
     guess, got = result["baseline_vs_clean"], result["metrics_vs_clean"]
     assert got["psnr"] > guess["psnr"] + margin_db, f"{name}: PSNR {got['psnr']:.2f} dB vs the mean-image guess {guess['psnr']:.2f} dB"
-    assert got["ssim"] > guess["ssim"] + 0.2
+    assert got["ssim"] > guess["ssim"] + margin_ssim, f"{name}: SSIM {got['ssim']:.3f} vs the mean-image guess {guess['ssim']:.3f}"
+
+
+def test_pixel_statistics_fix_unsplits_intensity_ambiguity():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(6, 1, 12, 12, generator=g) > 0.8).float() * torch.rand(6, 1, 1, 1, generator=g).add(0.5)
+    stats = pixel_statistics(x)
+    assert stats["skewness"] > 0  # few bright pixels on a dark background
+    # what UnSplit may return: the images under any affine map, polarity reversed included
+    for a, b in ((1.0, 0.0), (-0.3, 0.9), (2.0, -0.1)):
+        fixed = match_pixel_statistics(a * x + b, stats["mean"], stats["std"], stats["skewness"])
+        assert fixed.shape == x.shape and 0 <= float(fixed.min()) and float(fixed.max()) <= 1
+        # the correlation with the originals is positive whatever the map's sign
+        for got, want in zip(fixed.flatten(1), x.flatten(1)):
+            assert torch.corrcoef(torch.stack([got, want]))[0, 1] > 0.99
+        assert abs(float(fixed.mean()) - stats["mean"]) < 0.05
+
+
+def test_dlg_lbfgs_and_final_weights_run(tiny_run):
+    run, _ = tiny_run
+    targets = run.dataset.test.subset(torch.arange(2))
+    settings = {"dlg": {"batch_size": 2, "batches": 1, "restarts": 2, "iterations": 4, "optimizer": "lbfgs", "weights": "final"}}
+    result = evaluate_privacy(run, targets, targets, attacks=["dlg"], settings=settings, classifier=SmallCNN(), progress=False)["dlg"]
+    assert result["reconstructions"].shape == (2, 1, 28, 28)
+    assert "L-BFGS" in result["how"] and "final weights" in result["how"]
 
 
 # --------------------------------------------------------------------------- bad arguments
@@ -178,6 +216,14 @@ def test_evaluate_privacy_bad_splits_name_them(tiny_run):
         evaluate_privacy(run, good.x, good, progress=False)
 
 
-def test_dlg_batch_size_is_checked():
-    with pytest.raises(ValueError, match="batch_size"):
-        GradientLeakageAttack(DLGSettings(batch_size=9))
+@pytest.mark.parametrize(
+    "field, value", [("batch_size", 9), ("restarts", 0), ("iterations", 0), ("weights", "middle"), ("optimizer", "sgd")]
+)
+def test_dlg_settings_are_checked(field, value):
+    with pytest.raises(ValueError, match=f"DLGSettings.{field}"):
+        GradientLeakageAttack(DLGSettings(**{field: value}))
+
+
+def test_unsplit_restarts_are_checked():
+    with pytest.raises(ValueError, match="UnSplitSettings.restarts"):
+        UnSplitAttack(UnSplitSettings(restarts=0))

@@ -178,6 +178,41 @@ def test_nopeek_and_noise_train(tmp_path):
         assert m["defense"] == defense and 0 <= m["test_accuracy"] <= 1 and "stream_accuracy" not in m
 
 
+def test_restore_epoch_0_rebuilds_the_weights_training_started_from(tmp_path, monkeypatch):
+    """What gradient leakage attacks at the first step: the weights the first step saw."""
+    from pgsl.split import Client
+
+    seen = {}
+    client_turn, server_handle = Client.train_turn, Server.handle
+
+    def first_client_turn(self, epoch, progress=None):
+        seen.setdefault(("client", self.index), {k: v.clone() for k, v in self.net.state_dict().items()})
+        return client_turn(self, epoch, progress)
+
+    def first_server_request(self, kind, tensors):
+        if kind == "train":
+            seen.setdefault("server", {k: v.clone() for k, v in self.net.state_dict().items()})
+        return server_handle(self, kind, tensors)
+
+    monkeypatch.setattr(Client, "train_turn", first_client_turn)
+    monkeypatch.setattr(Server, "handle", first_server_request)
+    cfg = tiny(tmp_path, defense="pgsl")
+    train(cfg)
+    initial, final = restore(cfg.out, epoch=0), restore(cfg.out)
+    for got, want, last in ((initial.client.net, seen["client", 1], final.client.net), (initial.server.net, seen["server"], final.server.net)):
+        state = got.state_dict()
+        assert state.keys() == want.keys()
+        for key in want:
+            assert torch.equal(state[key], want[key]), key
+        assert any(not torch.equal(state[k], v) for k, v in last.state_dict().items()), "training changed nothing"
+    assert torch.equal(initial.server.fusion.weights, torch.tensor([0.5, 0.3, 0.2], dtype=initial.server.fusion.weights.dtype))
+    # the client's pipeline is the run's: the same surrogate and attacked images
+    assert torch.equal(initial.client.data["test"].attacked, final.client.data["test"].attacked)
+    for epoch in (-1, 2, 1.0, True):
+        with pytest.raises(TrainError, match="epoch: expected an integer from 0 to 1"):
+            restore(cfg.out, epoch=epoch)
+
+
 # --------------------------------------------------------------------------- bad input
 
 
