@@ -20,14 +20,21 @@ decoder     black box (He et al. 2019; Titcombe et al. 2021): auxiliary images f
             messages.
 unsplit     the server (Erdogan et al. 2022): the intercepted messages, the client's
             architecture and input pipeline, not its weights; optimises a stand-in client and
-            the inputs together so the stand-in's output matches the messages (TV prior).
+            the inputs together so the stand-in's output matches the messages (TV prior), best
+            of a few restarts. The input is identified only up to an affine map of its
+            intensities (the stand-in's conv 1 absorbs it, sign included), which the attacker
+            fixes with the pixel statistics of the domain (its auxiliary images' mean, std and
+            skewness sign).
 whitebox    the client's trained weights and pipeline; optimises the inputs so the client's
             output matches the intercepted messages (TV prior).
-dlg         the full model at one step (client and server weights, e.g. an aggregator that
-            averages client weights and colludes with the server), the labels of the batch
+dlg         the full model at the observed step (client and server weights, e.g. an aggregator
+            that averages client weights and colludes with the server), the labels of the batch
             (they cross the wire in split learning, so no iDLG label inference is needed) and the
-            client's parameter gradients of that one batch; L-BFGS on dummy images so their
-            gradients match (DLG, Zhu et al. 2019; iDLG, Zhao et al. 2020).
+            client's parameter gradients of that batch; optimises dummy images so their gradients
+            match (DLG, Zhu et al. 2019; iDLG, Zhao et al. 2020) with Geiping et al. 2020's
+            cosine distance and signed Adam, best of a few restarts. The step observed is by
+            default the run's first (its initial weights, rebuilt from its seed): an aggregator
+            sees every step, and the first leaks most (see below).
 ==========  ==================================================================================
 
 The PGSL pipeline for the optimisation attacks (unsplit, whitebox, dlg): the attacker knows that
@@ -38,17 +45,19 @@ JSMA changes few pixels), and reports the image estimate. It cannot undo the per
 map is pooled, and where JSMA saturated a pixel the clean value is lost), so its best estimate of
 the clean image is its estimate of ``x_adv``.
 
-Status, measured with the defaults on the 2-epoch mnist5k runs of the README (commit cb4de54,
+Status, measured with the defaults on the 2-epoch mnist5k runs of the README (commit 6657aea,
 ``results/mnist5k-compare/``; PSNR against the clean images, the mean auxiliary image 11.7 dB):
-decoder none 36.5 / pgsl 27.5 / noise 31.1 / nopeek 35.5 dB; white box 93.1 / 19.1 (85.7
-against the image pgsl encoded) / 33.9 / 92.4 dB; UnSplit 16.6 / 5.0 / 11.9 / 7.7 dB; DLG
-6.2 / 6.8 / 6.3 / 4.8 dB. DLG recovers nothing even without a defence at this budget (read it
-as "not recovered", not as a privacy property); UnSplit recovers the undefended digits only.
+decoder none 36.6 / pgsl 27.5 / noise 30.6 / nopeek 35.2 dB; white box 93.1 / 19.1 (85.7
+against the image pgsl encoded) / 33.9 / 92.5 dB; UnSplit 21.9 / 9.3 / 15.5 / 8.3 dB (under
+nopeek the outlines, with wrong intensities); DLG at the initial weights 15.7 / 20.3 / 4.9 / 15.7
+dB (2 images). Every attack recovers the undefended digits; DLG varies with its random starts
+(14.7 to 17.7 dB on the same two images over seeds and restart counts), and at the trained
+weights recovers nothing (9.9 dB, the mean image 12.5, on the undefended run's first targets).
 
-Cost: the whole default report for the four runs took 32 minutes of wall time (1,258 CPU-s) on a 2-core
-CPU shared with a build (load 5-9): the inversion attacks took 4.5 to 11 minutes per run (the
-decoder's 30 epochs took 8 minutes on the first run, 1.5 to 3 on the others), the robustness
-attacks and the mu sweep the rest; :data:`FULL_SETTINGS` is the full protocol.
+Cost: the whole default report for the four runs took 12 minutes of wall time on an idle 2-core
+CPU: per run the decoder 9-32 s, UnSplit 16-47 s, the white box 2-8 s, DLG 77-93 s (once 167 s,
+slowed by another job), the robustness attacks and the mu sweep the rest; :data:`FULL_SETTINGS`
+is the full protocol.
 
 Simplifications, stated in each result's ``how``: the DLG gradients are those of one step with
 both halves in eval mode (no dropout mask or batch statistics the attacker would have to guess),
@@ -93,7 +102,9 @@ __all__ = [
     "WhiteBoxSettings",
     "encoded_images",
     "evaluate_privacy",
+    "match_pixel_statistics",
     "messages",
+    "pixel_statistics",
     "total_variation",
 ]
 
