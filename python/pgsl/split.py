@@ -253,6 +253,14 @@ class Client:
         self.sched.load_state_dict(state["sched"])
         self.noise.set_state(state["noise"])
 
+    def penalty(self, x: Tensor, activations: Tensor) -> Optional[Tensor]:
+        """The client's own loss term beside the server's gradient, for images ``x`` and their
+        ``activations``: NoPeek's weighted distance correlation; None for the other defences and
+        for a single image (its distance correlation is 0, with zero gradient)."""
+        if self.cfg.defense != "nopeek" or len(x) < 2:
+            return None
+        return self.cfg.nopeek_weight * distance_correlation(x, activations)
+
     # -- training and scoring through the server
     def train_turn(self, epoch: int, progress=None) -> Dict[str, float]:
         """One pass over this client's training shard; returns summed losses / correct counts."""
@@ -269,8 +277,8 @@ class Client:
             grad, losses, correct = self.link.call(0, "train", [self.to_wire(activations), labels])
             start = time.perf_counter()
             self.opt.zero_grad()
-            if self.cfg.defense == "nopeek":
-                penalty = self.cfg.nopeek_weight * distance_correlation(split.x[index].to(self.device), activations)
+            penalty = self.penalty(split.x[index].to(self.device), activations)
+            if penalty is not None:
                 torch.autograd.backward([activations, penalty], [grad.to(self.device), None])
             else:
                 activations.backward(grad.to(self.device))

@@ -475,11 +475,18 @@ def _build(cfg: TrainConfig):
     return dataset, cfg.split_config(dataset)
 
 
-def _seeded(seed: int, make):
-    """``make()`` with the global RNG at ``seed`` (each half's initialisation is then the same
-    whether it is built in one process or in its own)."""
-    torch.manual_seed(seed)
-    return make()
+def _new_server(cfg: TrainConfig, split_cfg, link) -> Server:
+    """The server as every run builds it, from the global RNG at ``cfg.seed`` (its initialisation
+    is then the same whether it is built in one process or in its own, and :func:`restore` can
+    rebuild it)."""
+    torch.manual_seed(cfg.seed)
+    return Server(split_cfg, link)
+
+
+def _new_client(cfg: TrainConfig, split_cfg, link, k: int, splits: Dict[str, datasets.Split]) -> Client:
+    """Client ``k`` as every run builds it, from the global RNG at ``cfg.seed + k``."""
+    torch.manual_seed(cfg.seed + k)
+    return Client(k, split_cfg, link, splits)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -488,10 +495,10 @@ def train(cfg: TrainConfig) -> dict:
     _prepare_out(cfg)
     dataset, split_cfg = _build(cfg)
     hub = LocalHub()
-    server = ServerRole(cfg, _seeded(cfg.seed, lambda: Server(split_cfg, hub.link(0))))
+    server = ServerRole(cfg, _new_server(cfg, split_cfg, hub.link(0)))
     hub.handlers[0] = server.handle
     roles = [
-        ClientRole(cfg, _seeded(cfg.seed + k, lambda: Client(k, split_cfg, hub.link(k), client_splits(dataset, cfg, k))), dataset)
+        ClientRole(cfg, _new_client(cfg, split_cfg, hub.link(k), k, client_splits(dataset, cfg, k)), dataset)
         for k in range(1, cfg.clients + 1)
     ]
     for r in roles:
@@ -522,9 +529,9 @@ def train_rank(cfg: TrainConfig) -> None:
     link = DistributedLink(timeout=cfg.timeout, device=torch.device(cfg.device))
     try:
         if rank == 0:
-            serve(ServerRole(cfg, _seeded(cfg.seed, lambda: Server(split_cfg, link))), link, cfg.clients, cfg.epochs)
+            serve(ServerRole(cfg, _new_server(cfg, split_cfg, link)), link, cfg.clients, cfg.epochs)
         else:
-            r = ClientRole(cfg, _seeded(cfg.seed + rank, lambda: Client(rank, split_cfg, link, client_splits(dataset, cfg, rank))), dataset)
+            r = ClientRole(cfg, _new_client(cfg, split_cfg, link, rank, client_splits(dataset, cfg, rank)), dataset)
             r.prepare()
             start = r.hello()
             for epoch in range(start, cfg.epochs):
@@ -656,9 +663,9 @@ def restore(folder: str, *, device: str = "cpu", epoch: Optional[int] = None) ->
         raise TrainError(f"epoch: expected an integer from 0 to {last} (the run's last complete epoch), got {epoch!r}")
     dataset, split_cfg = _build(cfg)
     hub = LocalHub()
-    server = _seeded(cfg.seed, lambda: Server(split_cfg, hub.link(0)))
-    # client 1 holds the validation and test images; seeded as training seeds it
-    client = _seeded(cfg.seed + 1, lambda: Client(1, split_cfg, hub.link(1), {"val": dataset.val, "test": dataset.test}))
+    server = _new_server(cfg, split_cfg, hub.link(0))
+    # client 1 holds the validation and test images
+    client = _new_client(cfg, split_cfg, hub.link(1), 1, {"val": dataset.val, "test": dataset.test})
     if epoch > 0:
         server.load_state(_load_checkpoint(folder, "server", epoch)["server"])
         client.load_state(_load_checkpoint(folder, "client", epoch)["client"])

@@ -72,7 +72,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -84,7 +84,6 @@ import pgsl_ext.reference
 
 from ..data import Split
 from ..models import ClientNet
-from ..split import distance_correlation
 from ..train import restore
 from .metrics import independent_classifier, reconstruction_metrics
 
@@ -475,8 +474,9 @@ def _parameter_gradients(run, x: Tensor, activations: Tensor, sent: Tensor, y: T
     """The client's parameter gradients of the training loss for ``activations`` (sent as ``sent``)."""
     logits = _server_logits(run, sent)
     loss = sum(F.cross_entropy(z, y) for z in logits.values())
-    if run.cfg.defense == "nopeek" and len(x) > 1:
-        loss = loss + run.cfg.nopeek_weight * distance_correlation(x, activations)
+    penalty = run.client.penalty(x, activations)
+    if penalty is not None:
+        loss = loss + penalty
     return list(torch.autograd.grad(loss, list(run.client.net.parameters()), create_graph=create_graph))
 
 
@@ -562,7 +562,7 @@ class GradientLeakageAttack:
         scale = sum(o.pow(2).sum() for o in observed).clamp_min(1e-30)
         return sum((d - o).pow(2).sum() for d, o in zip(dummy, observed)) / scale
 
-    def _adam(self, variables, observed, labels, run, spec: PipelineSpec, bar) -> None:
+    def _adam(self, variables, observed, labels, run, spec: PipelineSpec, bar) -> Tuple[Tensor, float]:
         s = self.settings
         opt = torch.optim.Adam(variables, lr=s.lr)
         milestones = sorted({max(1, int(s.iterations * f)) for f in (3 / 8, 5 / 8, 7 / 8)})
@@ -570,8 +570,9 @@ class GradientLeakageAttack:
         best, best_match = None, math.inf
         for _ in range(s.iterations):
             match = self._match(variables, observed, labels, run, spec, cosine=True, create_graph=True)
-            if match.item() < best_match:  # the signed steps oscillate: keep the best iterate
-                best, best_match = variables[0].detach().clone(), match.item()
+            value = match.item()
+            if value < best_match:  # the signed steps oscillate: keep the best iterate
+                best, best_match = variables[0].detach().clone(), value
             total = match + spec.prior(variables, s.tv, s.map_l1)
             # only the dummies' gradients: the model's own .grad stays untouched
             for v, g in zip(variables, torch.autograd.grad(total, variables)):
@@ -581,11 +582,11 @@ class GradientLeakageAttack:
             spec.project(variables)
             if bar is not None:
                 bar.update()
-                bar.set_postfix(match=f"{match.item():.3g}", refresh=False)
+                bar.set_postfix(match=f"{value:.3g}", refresh=False)
         match = self._match(variables, observed, labels, run, spec, cosine=True).item()
         return (variables[0].detach().clone(), match) if match < best_match else (best, best_match)
 
-    def _lbfgs(self, variables, observed, labels, run, spec: PipelineSpec, bar) -> None:
+    def _lbfgs(self, variables, observed, labels, run, spec: PipelineSpec, bar) -> Tuple[Tensor, float]:
         s = self.settings
         # tolerances 0: the gradient distance is tiny in absolute terms, and L-BFGS would stop at once
         opt = torch.optim.LBFGS(
