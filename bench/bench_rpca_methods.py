@@ -164,7 +164,7 @@ def bench_trained_epochs(folder: Path, repeats: int, images: int = 128) -> dict:
     warm-started from epoch 1's S."""
     import copy
 
-    from pgsl.train import restore
+    from pgsl.runs import restore
 
     run = restore(str(folder))
     if run.cfg.defense != "pgsl":

@@ -29,28 +29,28 @@ sys.path[:0] = [str(ROOT), str(ROOT / "python")]
 from bench._common import git_commit, machine_summary  # noqa: E402
 from bench.results import marked, update_results  # noqa: E402
 from pgsl.data import load_mnist5k  # noqa: E402
-from pgsl.split import Client, Server, SplitConfig  # noqa: E402
+from pgsl.client import Client  # noqa: E402
+from pgsl.config import Config  # noqa: E402
+from pgsl.server import Server  # noqa: E402
 from pgsl.transport import LocalHub  # noqa: E402
 
 BATCH = 128
 
 
-def build(ops: str, rpca_iters: int, images):
-    cfg = SplitConfig(ops=ops, rpca_iters=rpca_iters, batch_size=BATCH)
+def build(ops: str, rpca_iters: int, dataset, images):
+    cfg = Config(ops=ops, rpca_iters=rpca_iters, batch_size=BATCH)
     hub = LocalHub()
-    torch.manual_seed(0)
-    server = Server(cfg, hub.link(0))
-    hub.handlers[0] = lambda src, kind, tensors: server.handle(kind, tensors)
-    torch.manual_seed(1)
-    client = Client(1, cfg, hub.link(1), {"train": images})
+    server = Server.new(cfg, dataset)
+    hub.handlers[0] = server.handle
+    client = Client.new(cfg, 1, hub.link(1), dataset, {"train": images})
     return client, server
 
 
 def step(client: Client, server: Server, index):
     """One training step; returns (client, rpca, server) seconds."""
-    server.reset_counters()
+    server.reset_epoch()
     start = time.perf_counter()
-    activations = client.encode("train", index)
+    activations = client.held_activations("train", index)
     client_time = time.perf_counter() - start
     grad = server.train_step(activations.detach(), client.data["train"].split.y[index])[0]
     start = time.perf_counter()
@@ -64,7 +64,7 @@ def step(client: Client, server: Server, index):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per provider (median)")
-    parser.add_argument("--rpca-iters", type=int, default=SplitConfig.rpca_iters, help="rpca iteration cap (default: the trainer's)")
+    parser.add_argument("--rpca-iters", type=int, default=Config.rpca_iters, help="rpca iteration cap (default: the trainer's)")
     parser.add_argument("--write", type=Path, default=None, help="results file to update (e.g. bench/RESULTS.md)")
     args = parser.parse_args(argv)
 
@@ -72,7 +72,7 @@ def main(argv=None):
     images = ds.train.subset(torch.arange(BATCH * (args.steps + 1)))
     providers = {}
     for ops in ("ext", "reference"):
-        client, server = build(ops, args.rpca_iters, images)
+        client, server = build(ops, args.rpca_iters, ds, images)
         client.prepare()  # surrogate + JSMA of every image (cached by the trainer)
         start = time.perf_counter()
         client.attack(images.x[:BATCH], images.y[:BATCH])

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from pgsl.cli import main
-from pgsl.train import TrainConfig
+from pgsl.config import Config
 
 
 def _pgsl_script():
@@ -19,7 +19,7 @@ def _pgsl_script():
 def test_console_script_help_lists_every_option():
     out = subprocess.run([*_pgsl_script(), "train", "--help"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    for field in TrainConfig.__dataclass_fields__:
+    for field in Config.__dataclass_fields__:
         if field in ("progress",):
             assert "--no-progress" in out.stdout
             continue

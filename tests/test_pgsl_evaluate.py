@@ -9,7 +9,9 @@ import pytest
 
 from pgsl.cli import main
 from pgsl.evaluate import evaluate
-from pgsl.train import TrainConfig, TrainError, train
+from pgsl.config import Config
+from pgsl.errors import RunError
+from pgsl.train import train
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +19,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     common = dict(epochs=1, batch_size=32, train_subset=128, eval_subset=48, rpca_iters=5, surrogate_epochs=1, progress=False)
     for defense in ("none", "pgsl"):
-        train(TrainConfig(defense=defense, out=str(root / defense), **common))
+        train(Config(defense=defense, out=str(root / defense), **common))
     return root
 
 
@@ -46,7 +48,7 @@ def test_report_schema(runs, tmp_path):
 
 
 def test_bad_arguments(runs, tmp_path, capsys):
-    with pytest.raises(TrainError, match="no such run folder"):
+    with pytest.raises(RunError, match="no such run folder"):
         evaluate([str(tmp_path / "nowhere")], out=str(tmp_path / "o"))
     incomplete = tmp_path / "incomplete"
     shutil.copytree(runs / "none", incomplete)
@@ -66,7 +68,7 @@ def test_reconstruction_grid_with_fewer_reconstructions_than_columns(runs, tmp_p
     import torch
 
     from pgsl.evaluate import figures
-    from pgsl.train import restore
+    from pgsl.runs import restore
 
     run = restore(str(runs / "none"))
     targets = run.dataset.test.subset(torch.arange(6))

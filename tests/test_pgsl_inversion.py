@@ -20,7 +20,9 @@ from pgsl.evaluate.inversion import (
 )
 from pgsl.evaluate.metrics import reconstruction_metrics
 from pgsl.models import SmallCNN, fit_classifier
-from pgsl.train import TrainConfig, restore, train
+from pgsl.config import Config
+from pgsl.runs import restore
+from pgsl.train import train
 
 
 def images(n=6, size=28, seed=0):
@@ -109,7 +111,7 @@ def test_total_variation():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("none")
-    train(TrainConfig(defense="none", train_subset=256, eval_subset=100, epochs=1, batch_size=32, out=str(out), progress=False))
+    train(Config(defense="none", train_subset=256, eval_subset=100, epochs=1, batch_size=32, out=str(out), progress=False))
     run = restore(str(out))
     torch.manual_seed(0)
     classifier = fit_classifier(SmallCNN(), run.dataset.train.x[:1000], run.dataset.train.y[:1000], epochs=2, generator=torch.Generator().manual_seed(0))

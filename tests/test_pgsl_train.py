@@ -1,4 +1,4 @@
-"""pgsl.train / pgsl.split: the blocks, what crosses the wire, an end-to-end run that learns,
+"""pgsl.train, pgsl.client, pgsl.server: the blocks, what crosses the wire, an end-to-end run that learns,
 resume equivalence, and bad options. The distributed runs are in test_pgsl_distributed.py."""
 
 import os
@@ -8,21 +8,25 @@ import torch
 import torch.nn.functional as F
 
 from pgsl import models
-from pgsl.split import Server, SplitConfig, distance_correlation
-from pgsl.train import TrainConfig, TrainError, restore, train
+from pgsl.defenses import distance_correlation
+from pgsl.server import Server
+from pgsl.config import Config
+from pgsl.errors import PgslError, RunError
+from pgsl.runs import restore
+from pgsl.train import train
 from pgsl.transport import LocalHub
 
 import pgsl_ext.ops
 
 
-def tiny(tmp_path, name="run", **kw) -> TrainConfig:
+def tiny(tmp_path, name="run", **kw) -> Config:
     """A run small enough for CI: 128 training images, 64 validation and test images."""
     base = dict(
         out=str(tmp_path / name), epochs=1, batch_size=32, train_subset=128, eval_subset=64, rpca_iters=5,
         surrogate_epochs=1, progress=False,
     )
     base.update(kw)
-    return TrainConfig(**base)
+    return Config(**base)
 
 
 # --------------------------------------------------------------------------- blocks
@@ -41,11 +45,11 @@ def test_shapes():
 
 @pytest.mark.parametrize("rpca_grad", ["detach", "identity"])
 def test_only_the_fusion_stream_gradient_reaches_the_client(rpca_grad):
-    cfg = SplitConfig(rpca_grad=rpca_grad, rpca_iters=5)
+    cfg = Config(rpca_grad=rpca_grad, rpca_iters=5)
     torch.manual_seed(0)
-    server = Server(cfg, LocalHub().link(0))
+    server = Server(cfg, num_classes=10)
     torch.manual_seed(0)
-    twin = Server(cfg, LocalHub().link(0))  # the same parameters and dropout stream
+    twin = Server(cfg, num_classes=10)  # the same parameters and dropout stream
     a = torch.randn(4, 64, 14, 14)
     y = torch.tensor([0, 1, 2, 3])
     grad = server.train_step(a.clone(), y)[0]
@@ -155,7 +159,7 @@ def test_pgsl_learns_on_mnist5k(tmp_path):
 
 
 def _server_inputs(run, split):
-    a = run.client.net(run.client.inputs("test", torch.arange(len(split))))
+    a = run.client.held_activations("test", torch.arange(len(split)))
     return a, run.server.low_rank(a)
 
 
@@ -172,29 +176,37 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, defense):
             assert torch.equal(a[key], b[key]), f"{half} {key} differs after resume"
 
 
-def test_nopeek_and_noise_train(tmp_path):
-    for defense in ("nopeek", "noise"):
-        m = train(tiny(tmp_path, defense, defense=defense))
-        assert m["defense"] == defense and 0 <= m["test_accuracy"] <= 1 and "stream_accuracy" not in m
+def test_nopeek_and_noise_change_training_and_vanish_at_strength_zero(tmp_path):
+    """Each baseline defence acts on training (its losses leave plain split learning's), and at
+    strength 0 it is plain split learning, bit for bit."""
+    plain = train(tiny(tmp_path, "none", defense="none"))
+    trace = plain["history"][0]["train_loss_trace"]
+    for defense, strength in (("nopeek", "nopeek_weight"), ("noise", "noise_scale")):
+        on = train(tiny(tmp_path, defense, defense=defense))
+        off = train(tiny(tmp_path, f"{defense}-off", defense=defense, **{strength: 0.0}))
+        assert on["defense"] == defense and "stream_accuracy" not in on
+        assert on["history"][0]["train_loss_trace"] != trace, f"{defense} changed nothing in training"
+        assert off["history"][0]["train_loss_trace"] == trace, f"{defense} at {strength} 0 is not plain split learning"
+        assert off["test_accuracy"] == plain["test_accuracy"]
 
 
 def test_restore_epoch_0_rebuilds_the_weights_training_started_from(tmp_path, monkeypatch):
     """What gradient leakage attacks at the first step: the weights the first step saw."""
-    from pgsl.split import Client
+    from pgsl.client import Client
 
     seen = {}
-    client_turn, server_handle = Client.train_turn, Server.handle
+    client_turn, server_handle = Client._train_shard, Server.handle
 
-    def first_client_turn(self, epoch, progress=None):
+    def first_client_turn(self, epoch, progress):
         seen.setdefault(("client", self.index), {k: v.clone() for k, v in self.net.state_dict().items()})
         return client_turn(self, epoch, progress)
 
-    def first_server_request(self, kind, tensors):
+    def first_server_request(self, src, kind, tensors):
         if kind == "train":
             seen.setdefault("server", {k: v.clone() for k, v in self.net.state_dict().items()})
-        return server_handle(self, kind, tensors)
+        return server_handle(self, src, kind, tensors)
 
-    monkeypatch.setattr(Client, "train_turn", first_client_turn)
+    monkeypatch.setattr(Client, "_train_shard", first_client_turn)
     monkeypatch.setattr(Server, "handle", first_server_request)
     cfg = tiny(tmp_path, defense="pgsl")
     train(cfg)
@@ -209,7 +221,7 @@ def test_restore_epoch_0_rebuilds_the_weights_training_started_from(tmp_path, mo
     # the client's pipeline is the run's: the same surrogate and attacked images
     assert torch.equal(initial.client.data["test"].attacked, final.client.data["test"].attacked)
     for epoch in (-1, 2, 1.0, True):
-        with pytest.raises(TrainError, match="epoch: expected an integer from 0 to 1"):
+        with pytest.raises(RunError, match="epoch: expected an integer from 0 to 1"):
             restore(cfg.out, epoch=epoch)
 
 
@@ -218,12 +230,12 @@ def test_restore_epoch_0_rebuilds_the_weights_training_started_from(tmp_path, mo
 
 def test_resume_guards(tmp_path):
     train(tiny(tmp_path, defense="none"))
-    with pytest.raises(TrainError, match="holds an earlier run's checkpoints; pass --resume"):
+    with pytest.raises(RunError, match="holds an earlier run's checkpoints; pass --resume"):
         train(tiny(tmp_path, defense="none"))
-    with pytest.raises(TrainError, match="--resume: --seed is 1, but the run in .* used 0"):
+    with pytest.raises(RunError, match="--resume: --seed is 1, but the run in .* used 0"):
         train(tiny(tmp_path, defense="none", seed=1, resume=True))
     os.remove(tmp_path / "run" / "server_epoch1.pt")
-    with pytest.raises(TrainError, match="server_epoch1.pt is missing"):
+    with pytest.raises(RunError, match="server_epoch1.pt is missing"):
         train(tiny(tmp_path, defense="none", epochs=2, resume=True))
 
 
@@ -234,10 +246,10 @@ def test_resume_guards(tmp_path):
      ("jsma_gamma", 0.0, "--jsma-gamma"), ("timeout", 0.0, "--timeout"), ("device", "tpu", "--device")],
 )
 def test_bad_config(tmp_path, field, value, option):
-    with pytest.raises(TrainError, match=option):
+    with pytest.raises(PgslError, match=option):
         train(tiny(tmp_path, **{field: value}))
 
 
 def test_too_many_clients(tmp_path):
-    with pytest.raises(TrainError, match=r"--clients 100: client \d+ gets 1 training images"):
+    with pytest.raises(RunError, match=r"--clients 100: client \d+ gets 1 training images"):
         train(tiny(tmp_path, clients=100))

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import DataError
+
 __all__ = [
     "DataError",
     "Dataset",
@@ -50,10 +52,6 @@ MIAS_PAPER_SPLIT = {"train": (181, 57, 42), "test": (26, 12, 12)}
 # The split of mnist5k is part of the dataset's definition, not of a run: one fixed seed.
 MNIST5K_SPLIT_SEED = 0
 VALIDATION_FRACTION = 0.1
-
-
-class DataError(ValueError):
-    """A data spec, file or line that cannot be used; the message names it."""
 
 
 @dataclass
@@ -88,18 +86,25 @@ class Dataset:
         return len(self.classes)
 
 
-def load(spec: str, *, mias_size: int = 64, seed: int = 0) -> Dataset:
-    """The dataset named by a ``--data`` spec (``mnist5k``, ``mnist:DIR``, ``mias:DIR``)."""
+def load(spec: str, *, mias_size: int = 64, seed: int = 0, eval_subset: int = 0) -> Dataset:
+    """The dataset named by a ``--data`` spec (``mnist5k``, ``mnist:DIR``, ``mias:DIR``);
+    ``eval_subset`` > 0 keeps only the first that many validation and test images."""
     if not isinstance(spec, str):
         raise DataError(f"--data: expected a string such as 'mnist5k', got {type(spec).__name__}")
     kind, _, path = spec.partition(":")
     if kind == "mnist5k" and not path:
-        return load_mnist5k()
-    if kind == "mnist" and path:
-        return load_idx(path)
-    if kind == "mias" and path:
-        return load_mias(path, size=mias_size, seed=seed)
-    raise DataError(f"--data: expected 'mnist5k', 'mnist:DIR' or 'mias:DIR', got {spec!r}")
+        dataset = load_mnist5k()
+    elif kind == "mnist" and path:
+        dataset = load_idx(path)
+    elif kind == "mias" and path:
+        dataset = load_mias(path, size=mias_size, seed=seed)
+    else:
+        raise DataError(f"--data: expected 'mnist5k', 'mnist:DIR' or 'mias:DIR', got {spec!r}")
+    if eval_subset:
+        dataset.val = dataset.val.subset(torch.arange(min(eval_subset, len(dataset.val))))
+        dataset.test = dataset.test.subset(torch.arange(min(eval_subset, len(dataset.test))))
+        dataset.notes.append(f"--eval-subset {eval_subset}: only the first {len(dataset.val)} validation and {len(dataset.test)} test images")
+    return dataset
 
 
 def _split_off_validation(x: Tensor, y: Tensor, order: Tensor) -> Tuple[Split, Split]:

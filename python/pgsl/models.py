@@ -25,6 +25,9 @@ from torch import Tensor
 
 __all__ = [
     "AdaptiveFusion",
+    "fuse",
+    "optimizer",
+    "stream_names",
     "ClientNet",
     "PGSLServerNet",
     "PlainServerNet",
@@ -136,6 +139,17 @@ class PGSLServerNet(nn.Module):
         return {name: self.trunks[name](F.pixel_shuffle(maps[name], 2)) for name in STREAMS}
 
 
+def stream_names(defense: str) -> Sequence[str]:
+    """The server's streams under ``defense``: PGSL's three, or the baselines' one."""
+    return PGSLServerNet.streams if defense == "pgsl" else PlainServerNet.streams
+
+
+def fuse(stream_probs: Tensor, weights: Tensor) -> Tensor:
+    """The decision: ``(B, S, K)`` per-stream probabilities averaged with ``weights`` ``(S,)``
+    into ``(B, K)``, in the probabilities' dtype."""
+    return (stream_probs * weights.to(stream_probs.dtype).view(1, -1, 1)).sum(1)
+
+
 class AdaptiveFusion(nn.Module):
     """Adaptive weighted averaging of the streams' softmax scores (the paper's eqs. 7-9, as read here).
 
@@ -156,7 +170,7 @@ class AdaptiveFusion(nn.Module):
 
     def forward(self, stream_probs: Tensor) -> Tensor:
         """``(B, S, K)`` per-stream probabilities -> ``(B, K)`` fused probabilities."""
-        return torch.einsum("bsk,s->bk", stream_probs.double(), self.weights).to(stream_probs.dtype)
+        return fuse(stream_probs, self.weights)
 
     @torch.no_grad()
     def fit(self, stream_probs: Tensor, labels: Tensor) -> Tensor:
@@ -191,6 +205,15 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
+
+
+def optimizer(params, cfg):
+    """Adam at the paper's lr with Keras-style inverse-time decay ``lr / (1 + decay * step)`` (the
+    paper's "decay 3e-4" read as Keras's Adam ``decay`` argument); ``cfg``: a
+    :class:`pgsl.config.Config`."""
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1.0 + cfg.lr_decay * step))
+    return opt, sched
 
 
 def fit_classifier(

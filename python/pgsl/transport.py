@@ -4,7 +4,7 @@ The training code sees two things:
 
 - a :class:`Link` to a peer rank, with ``send(dst, kind, tensors)`` and ``recv(src) -> (kind,
   tensors)``: the server is rank 0, clients are ranks 1..K;
-- nothing else: what a message means is :mod:`pgsl.split`'s business.
+- nothing else: what a message means is :mod:`pgsl.protocol`'s business.
 
 :class:`LocalHub` / :class:`LocalLink` carry messages in one process (the default): a request
 to the server runs its handler at once, other messages wait in queues; every tensor is detached
@@ -29,16 +29,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DistributedLink", "Link", "LocalHub", "LocalLink", "PeerError", "KINDS", "init_from_env", "role"]
+from .errors import PeerError
+from .protocol import KINDS
 
-# Message kinds; their meaning is defined in pgsl.split.
-KINDS = ("hello", "train", "turn_end", "score", "fit_fusion", "epoch_end", "state", "error")
+__all__ = ["DistributedLink", "Link", "LocalHub", "LocalLink", "init_from_env", "role"]
+
 _DTYPES = (torch.float32, torch.float64, torch.int64, torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.int32)
 _HEADER = 3  # kind, number of tensors, length of the shape list
-
-
-class PeerError(RuntimeError):
-    """A peer died, hung or broke the protocol; the message names the rank."""
 
 
 def role(rank: int) -> str:

@@ -22,10 +22,10 @@ def reconstruction_grid(runs, targets, reconstructions: Dict[str, Dict[str, torc
     n = min(COLUMNS, len(targets))
     originals = targets.x[:n]
     rows = [("original", originals)]
-    pgsl = next((r for r in runs.values() if r.cfg.defense == "pgsl"), None)
+    pgsl = next((r for r in runs.values() if r.defense == "pgsl"), None)
     if pgsl is not None:
         with torch.no_grad():
-            attacked = pgsl.client.attack(originals)
+            attacked = pgsl.attack_images(originals)
         recovered = pgsl_ext.ops.rpca(attacked[:, 0], mu=pgsl.cfg.mu).low_rank.unsqueeze(1)
         rows += [("pgsl: attacked (sent)", attacked), ("pgsl: rpca-recovered", recovered)]
     for run_name, by_attack in reconstructions.items():
@@ -35,7 +35,7 @@ def reconstruction_grid(runs, targets, reconstructions: Dict[str, Dict[str, torc
     for i, (label, images) in enumerate(rows):
         for j in range(n):
             ax = axes[i][j]
-            if j < len(images):  # an attack may reconstruct fewer targets (DLG: one batch)
+            if j < len(images):  # an attack may reconstruct fewer targets (DLG: a few)
                 ax.imshow(images[j, 0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
             else:
                 ax.axis("off")
@@ -45,13 +45,13 @@ def reconstruction_grid(runs, targets, reconstructions: Dict[str, Dict[str, torc
     return _save(fig, path, dpi=100)
 
 
-def mu_curve(sweep: dict, path: str) -> str:
+def mu_curve(sweep: dict, path: str, *, paper_mu: float) -> str:
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, setting in enumerate(k for k in ("images", "activations") if k in sweep):
         s = sweep[setting]
         ax.plot(s["mu"], s["mse"], "o-", color=f"C{i}", label=f"{setting} (min at mu={s['best_mu']:.2f})")
         ax.axvline(s["best_mu"], color=f"C{i}", ls=":")
-    ax.axvline(0.55, color="k", ls="--", lw=0.8, label="the paper's mu = 0.55")
+    ax.axvline(paper_mu, color="k", ls="--", lw=0.8, label=f"the paper's mu = {paper_mu:g}")
     ax.set_xlabel("mu")
     ax.set_ylabel("MSE(rpca-recovered, clean)")
     ax.set_yscale("log")

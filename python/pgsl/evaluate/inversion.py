@@ -1,13 +1,15 @@
 """Model-inversion attacks on what crosses the wire, and :func:`evaluate_privacy`, which runs them.
 
-Each attack is a small object with a settings dataclass and one ``reconstruct`` method whose
-arguments are exactly what that attacker knows (breaching's ``attacks/`` without the config
-tree). Every attack returns its estimate of the *clean* images ``(N, C, H, W)`` in [0, 1];
-:func:`evaluate_privacy` scores it against the clean originals and against the image the client
-actually encoded (for ``--defense pgsl`` the JSMA-attacked image; otherwise the same image).
+Every attack has one shape (breaching's ``attacks/`` without the config tree): a settings
+dataclass (:mod:`pgsl.evaluate.settings`), ``observe(run, targets, messages, aux) -> view``,
+which simulates the victim and returns exactly what that attacker sees, and
+``reconstruct(view, generator=..., progress=...)``, which sees nothing else. Every attack returns
+its estimate of the *clean* images ``(N, C, H, W)`` in [0, 1]; :func:`evaluate_privacy` scores it
+against the clean originals and against the image the client actually encoded (for ``--defense
+pgsl`` the JSMA-attacked image; otherwise the same image). :data:`ATTACKS` is the registry.
 
-What each attacker sees is what the defence sends: :meth:`pgsl.train.TrainedRun.wire` (pgsl: the
-cut activations of ``pixel_unshuffle_concat(JSMA(x), perturbation map)``, ``(B, 64, H/2, W/2)``;
+What each attacker sees is what the defence sends: :meth:`pgsl.runs.Run.messages` (pgsl: the cut
+activations of ``pixel_unshuffle_concat(JSMA(x), perturbation map)``, ``(B, 64, H/2, W/2)``;
 noise: the activations plus the Laplacian noise actually drawn; nopeek / none: the activations).
 
 ==========  ==================================================================================
@@ -34,35 +36,20 @@ dlg         the full model at the observed step (client and server weights, e.g.
             match (DLG, Zhu et al. 2019; iDLG, Zhao et al. 2020) with Geiping et al. 2020's
             cosine distance and signed Adam, best of a few restarts. The step observed is by
             default the run's first (its initial weights, rebuilt from its seed): an aggregator
-            sees every step, and the first leaks most (see below).
+            sees every step, and the first leaks most.
 ==========  ==================================================================================
 
 The PGSL pipeline for the optimisation attacks (unsplit, whitebox, dlg): the attacker knows that
 conv 1 sees ``pixel_unshuffle_concat(x_adv, max_pool_2(map))`` but not the client's surrogate, so
 it cannot rerun its JSMA. It optimises the encoded image ``x_adv`` and the pooled perturbation map
 ``(N, 1, H/2, W/2)`` as a free nuisance variable in [-1, 1] (initialised at 0, with an L1 prior:
-JSMA changes few pixels), and reports the image estimate. It cannot undo the perturbation (the
-map is pooled, and where JSMA saturated a pixel the clean value is lost), so its best estimate of
-the clean image is its estimate of ``x_adv``.
-
-Status, measured with the defaults on the 2-epoch mnist5k runs of the README (commit 6657aea,
-``results/mnist5k-compare/``; PSNR against the clean images, the mean auxiliary image 11.7 dB):
-decoder none 36.6 / pgsl 27.5 / noise 30.6 / nopeek 35.2 dB; white box 93.1 / 19.1 (85.7
-against the image pgsl encoded) / 33.9 / 92.5 dB; UnSplit 21.9 / 9.3 / 15.5 / 8.3 dB (under
-nopeek the outlines, with wrong intensities); DLG at the initial weights 15.7 / 20.3 / 4.9 / 15.7
-dB (2 images). Every attack recovers the undefended digits; DLG varies with its random starts
-(14.7 to 17.7 dB on the same two images over seeds and restart counts), and at the trained
-weights recovers nothing (9.9 dB, the mean image 12.5, on the undefended run's first targets).
-
-Cost: the whole default report for the four runs took 12 minutes of wall time on an idle 2-core
-CPU: per run the decoder 9-32 s, UnSplit 16-47 s, the white box 2-8 s, DLG 77-93 s (once 167 s,
-slowed by another job), the robustness attacks and the mu sweep the rest; :data:`FULL_SETTINGS`
-is the full protocol.
+JSMA changes few pixels), and reports its estimate of ``x_adv`` as its estimate of the clean image.
 
 Simplifications, stated in each result's ``how``: the DLG gradients are those of one step with
 both halves in eval mode (no dropout mask or batch statistics the attacker would have to guess),
 and for ``--defense noise`` the server's gradient is taken at the noisy activations it received,
 as in training, while the attacker (not knowing the noise) matches with noise-free dummies.
+Measured results and their cost: ``results/`` (the README's *Results*).
 """
 
 from __future__ import annotations
@@ -84,7 +71,8 @@ import pgsl_ext.reference
 
 from ..data import Split
 from ..models import ClientNet
-from ..train import restore
+from ..runs import Run
+from . import settings as st
 from .metrics import independent_classifier, reconstruction_metrics
 
 __all__ = [
@@ -99,10 +87,8 @@ __all__ = [
     "UnSplitSettings",
     "WhiteBoxAttack",
     "WhiteBoxSettings",
-    "encoded_images",
     "evaluate_privacy",
     "match_pixel_statistics",
-    "messages",
     "pixel_statistics",
     "total_variation",
 ]
@@ -159,20 +145,43 @@ def _bar(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
 
 
-def _frozen(net: nn.Module) -> nn.Module:
+def frozen_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` in eval mode whose parameters need no gradient (an attacker's copy)."""
     net = copy.deepcopy(net).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return net
 
 
-def _check_settings(settings) -> None:
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        if f.type in ("int", int) and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise ValueError(f"{type(settings).__name__}.{f.name}: expected an integer >= 0, got {value!r}")
-        if f.type in ("float", float) and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
-            raise ValueError(f"{type(settings).__name__}.{f.name}: expected a finite number >= 0, got {value!r}")
+def _first(n: int, total: int) -> int:
+    return total if n == 0 else min(n, total)
+
+
+class InversionAttack:
+    """The shape of every attack: ``Settings`` (a dataclass), ``knows`` (its threat model in
+    words), :meth:`count`, :meth:`observe`, :meth:`reconstruct` and :meth:`how`."""
+
+    name: str = ""
+    knows: str = ""
+    Settings: type = object
+
+    def __init__(self, settings=None):
+        self.settings = st.resolve(self.Settings, settings, f"settings[{self.name!r}]")
+
+    def count(self, targets: int) -> int:
+        """How many of the targets (the first ones) this attack reconstructs."""
+        return _first(self.settings.images, targets)
+
+    def observe(self, run: Run, targets: Split, messages: Tensor, aux: Split):
+        """Simulate the victim on ``targets`` (whose intercepted ``messages`` are given) and
+        return exactly what this attacker sees."""
+        raise NotImplementedError
+
+    def reconstruct(self, view, *, generator: torch.Generator, progress: bool = True) -> Tensor:
+        raise NotImplementedError
+
+    def how(self, view) -> str:
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------- black-box decoder
@@ -183,12 +192,19 @@ class DecoderSettings:
     """``images``: targets reconstructed (0: all); ``aux_images``: auxiliary images queried
     (0: all); the decoder is trained for ``epochs`` with Adam (``lr``, ``batch_size``)."""
 
-    images: int = 0
-    aux_images: int = 0
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 2e-3
-    width: int = 32
+    images: int = st.setting(0, st.INTEGER)
+    aux_images: int = st.setting(0, st.INTEGER)
+    epochs: int = st.setting(30, st.POSITIVE_INTEGER)
+    batch_size: int = st.setting(32, st.POSITIVE_INTEGER)
+    lr: float = st.setting(2e-3, st.NON_NEGATIVE)
+    width: int = st.setting(32, st.POSITIVE_INTEGER)
+
+
+@dataclass
+class DecoderView:
+    intercepted: Tensor  # (N, A, h, w) messages
+    query: Callable[[Tensor], Tensor]  # images -> the client's messages
+    aux_images: Tensor  # (M, C, H, W)
 
 
 class Decoder(nn.Sequential):
@@ -203,39 +219,29 @@ class Decoder(nn.Sequential):
         super().__init__(*layers)
 
 
-class DecoderAttack:
+class DecoderAttack(InversionAttack):
     name = "decoder"
+    knows = "query access to the trained client, auxiliary images, intercepted messages"
+    Settings = DecoderSettings
 
-    def __init__(self, settings: Optional[DecoderSettings] = None):
-        self.settings = settings or DecoderSettings()
-        _check_settings(self.settings)
-        if self.settings.epochs < 1 or self.settings.batch_size < 1 or self.settings.width < 1:
-            raise ValueError(f"DecoderSettings: epochs, batch_size and width must be >= 1, got {self.settings}")
+    def observe(self, run: Run, targets: Split, messages: Tensor, aux: Split) -> DecoderView:
+        return DecoderView(messages, run.messages, aux.x[: _first(self.settings.aux_images, len(aux))])
 
-    def how(self, aux: int) -> str:
+    def how(self, view: DecoderView) -> str:
         s = self.settings
         return (
-            f"black-box decoder: {aux} auxiliary images sent through the trained client (query access), a "
+            f"black-box decoder: {len(view.aux_images)} auxiliary images sent through the trained client (query access), a "
             f"{s.width}-wide transposed-conv decoder trained {s.epochs} epochs (Adam lr {s.lr:g}, MSE) on "
             f"(message, clean image) pairs, applied to the intercepted messages"
         )
 
-    def reconstruct(
-        self,
-        intercepted: Tensor,
-        query: Callable[[Tensor], Tensor],
-        aux_images: Tensor,
-        *,
-        generator: torch.Generator,
-        progress: bool = True,
-    ) -> Tensor:
-        """``intercepted`` ``(N, A, h, w)`` messages; ``query``: images -> the client's messages;
-        ``aux_images`` ``(M, C, H, W)``."""
+    def reconstruct(self, view: DecoderView, *, generator: torch.Generator, progress: bool = True) -> Tensor:
         s = self.settings
+        aux_images = view.aux_images
         if len(aux_images) < 1:
             raise ValueError("aux: expected at least one auxiliary image for the decoder, got 0")
         with torch.no_grad():
-            messages = torch.cat([query(chunk) for chunk in aux_images.split(250)])
+            messages = torch.cat([view.query(chunk) for chunk in aux_images.split(250)])
         c, h = aux_images.shape[1], aux_images.shape[2]
         decoder = Decoder(messages.shape[1], c, h // messages.shape[2], s.width)
         opt = torch.optim.Adam(decoder.parameters(), lr=s.lr)
@@ -251,7 +257,7 @@ class DecoderAttack:
                 bar.set_postfix(mse=f"{loss.item():.4f}")
         decoder.eval()
         with torch.no_grad():
-            return torch.cat([decoder(chunk) for chunk in intercepted.split(250)]).clamp(0, 1)
+            return torch.cat([decoder(chunk) for chunk in view.intercepted.split(250)]).clamp(0, 1)
 
 
 # --------------------------------------------------------------------------- white box
@@ -262,38 +268,43 @@ class WhiteBoxSettings:
     """``images``: targets reconstructed (0: all); Adam for ``steps`` at ``lr`` on the
     activation MSE + ``tv`` x total variation (+ ``map_l1`` x |map| for pgsl)."""
 
-    images: int = 32
-    steps: int = 300
-    lr: float = 0.05
-    tv: float = 1e-3
-    map_l1: float = 1e-3
+    images: int = st.setting(32, st.INTEGER)
+    steps: int = st.setting(300, st.INTEGER)
+    lr: float = st.setting(0.05, st.NON_NEGATIVE)
+    tv: float = st.setting(1e-3, st.NON_NEGATIVE)
+    map_l1: float = st.setting(1e-3, st.NON_NEGATIVE)
 
 
-class WhiteBoxAttack:
+@dataclass
+class WhiteBoxView:
+    intercepted: Tensor
+    client_net: nn.Module  # the attacker's frozen copy of the trained client
+    spec: PipelineSpec
+
+
+class WhiteBoxAttack(InversionAttack):
     name = "whitebox"
+    knows = "the client's weights and pipeline, intercepted messages"
+    Settings = WhiteBoxSettings
 
-    def __init__(self, settings: Optional[WhiteBoxSettings] = None):
-        self.settings = settings or WhiteBoxSettings()
-        _check_settings(self.settings)
+    def observe(self, run: Run, targets: Split, messages: Tensor, aux: Split) -> WhiteBoxView:
+        return WhiteBoxView(messages, frozen_copy(run.client.net), PipelineSpec(run.defense, run.dataset.image_shape))
 
-    def how(self, spec: PipelineSpec) -> str:
+    def how(self, view: WhiteBoxView) -> str:
         s = self.settings
-        extra = ", pooled perturbation map optimised as a nuisance (L1 %g)" % s.map_l1 if spec.defense == "pgsl" else ""
+        extra = ", pooled perturbation map optimised as a nuisance (L1 %g)" % s.map_l1 if view.spec.defense == "pgsl" else ""
         return (
             f"white box: the client's trained weights; inputs optimised (Adam, {s.steps} steps, lr {s.lr:g}, "
             f"projected to [0, 1]) to match the intercepted messages in MSE, TV prior {s.tv:g}{extra}"
         )
 
-    def reconstruct(
-        self, intercepted: Tensor, client_net: nn.Module, spec: PipelineSpec, *, generator: torch.Generator, progress: bool = True
-    ) -> Tensor:
-        s = self.settings
-        net = _frozen(client_net)
-        variables = spec.variables(len(intercepted), generator)
+    def reconstruct(self, view: WhiteBoxView, *, generator: torch.Generator, progress: bool = True) -> Tensor:
+        s, spec, net = self.settings, view.spec, view.client_net
+        variables = spec.variables(len(view.intercepted), generator)
         opt = torch.optim.Adam(variables, lr=s.lr)
         with _bar(s.steps, "whitebox", progress) as bar:
             for _ in range(s.steps):
-                match = F.mse_loss(net(spec.net_input(variables)), intercepted)
+                match = F.mse_loss(net(spec.net_input(variables)), view.intercepted)
                 loss = match + spec.prior(variables, s.tv, s.map_l1)
                 opt.zero_grad()
                 loss.backward()
@@ -315,15 +326,22 @@ class UnSplitSettings:
     on the stand-in (``model_lr``); loss = activation MSE + ``tv`` x total variation (+
     ``map_l1`` x |map| for pgsl)."""
 
-    images: int = 16
-    restarts: int = 3
-    rounds: int = 100
-    input_steps: int = 5
-    model_steps: int = 5
-    lr: float = 0.1
-    model_lr: float = 2e-3
-    tv: float = 1e-3
-    map_l1: float = 1e-3
+    images: int = st.setting(16, st.INTEGER)
+    restarts: int = st.setting(3, st.POSITIVE_INTEGER)
+    rounds: int = st.setting(100, st.INTEGER)
+    input_steps: int = st.setting(5, st.INTEGER)
+    model_steps: int = st.setting(5, st.INTEGER)
+    lr: float = st.setting(0.1, st.NON_NEGATIVE)
+    model_lr: float = st.setting(2e-3, st.NON_NEGATIVE)
+    tv: float = st.setting(1e-3, st.NON_NEGATIVE)
+    map_l1: float = st.setting(1e-3, st.NON_NEGATIVE)
+
+
+@dataclass
+class UnSplitView:
+    intercepted: Tensor
+    spec: PipelineSpec
+    pixel_stats: Mapping[str, float]  # :func:`pixel_statistics` of the auxiliary images
 
 
 def match_pixel_statistics(images: Tensor, mean: float, std: float, skewness: float) -> Tensor:
@@ -347,45 +365,36 @@ def pixel_statistics(images: Tensor) -> Dict[str, float]:
     return {"mean": mean, "std": std, "skewness": float(((images - mean) ** 3).mean()) / max(std, 1e-12) ** 3}
 
 
-class UnSplitAttack:
+class UnSplitAttack(InversionAttack):
     name = "unsplit"
+    knows = "the client's architecture and pipeline (not its weights), intercepted messages"
+    Settings = UnSplitSettings
 
-    def __init__(self, settings: Optional[UnSplitSettings] = None):
-        self.settings = settings or UnSplitSettings()
-        _check_settings(self.settings)
-        if self.settings.restarts < 1:
-            raise ValueError(f"UnSplitSettings.restarts: expected an integer >= 1, got {self.settings.restarts}")
+    def observe(self, run: Run, targets: Split, messages: Tensor, aux: Split) -> UnSplitView:
+        return UnSplitView(messages, PipelineSpec(run.defense, run.dataset.image_shape), pixel_statistics(aux.x))
 
-    def how(self, spec: PipelineSpec) -> str:
-        s = self.settings
+    def how(self, view: UnSplitView) -> str:
+        s, spec = self.settings, view.spec
         extra = ", pooled perturbation map optimised as a nuisance (L1 %g)" % s.map_l1 if spec.defense == "pgsl" else ""
-        return (
-            f"UnSplit: no client weights; a freshly initialised stand-in of the client's architecture "
-            f"(conv-ReLU-BN x2, {spec.in_channels} input channels) and the inputs optimised in turn "
-            f"({s.rounds} rounds of {s.input_steps} input steps at lr {s.lr:g} and {s.model_steps} model steps "
-            f"at lr {s.model_lr:g}, Adam) to match the intercepted messages in MSE, TV prior {s.tv:g}{extra}; "
-            f"best of {s.restarts} restarts by that MSE; the intensities (identified only up to an affine map) "
-            f"mapped to the auxiliary images' pixel mean, std and skewness sign"
-        )
+        rounds = f"{s.rounds} rounds of {s.input_steps} input steps at lr {s.lr:g} and {s.model_steps} model steps at lr {s.model_lr:g}"
+        return "; ".join([
+            "UnSplit: no client weights",
+            f"a freshly initialised stand-in of the client's architecture (conv-ReLU-BN x2, {spec.in_channels} input channels) and "
+            f"the inputs optimised in turn ({rounds}, Adam) to match the intercepted messages in MSE, TV prior {s.tv:g}{extra}",
+            f"best of {s.restarts} restarts by that MSE",
+            "the intensities (identified only up to an affine map) mapped to the auxiliary images' pixel mean, std and skewness sign",
+        ])
 
-    def reconstruct(
-        self,
-        intercepted: Tensor,
-        spec: PipelineSpec,
-        pixel_stats: Mapping[str, float],
-        *,
-        generator: torch.Generator,
-        progress: bool = True,
-    ) -> Tensor:
-        """``pixel_stats``: :func:`pixel_statistics` of images from the target's domain."""
+    def reconstruct(self, view: UnSplitView, *, generator: torch.Generator, progress: bool = True) -> Tensor:
         s = self.settings
         best, best_match = None, math.inf
         with _bar(s.restarts * s.rounds * (s.input_steps + s.model_steps), "unsplit", progress) as bar:
             for _ in range(s.restarts):
-                image, match = self._attempt(intercepted, spec, generator, bar)
+                image, match = self._attempt(view.intercepted, view.spec, generator, bar)
                 if best is None or match < best_match:
                     best, best_match = image, match
-        return match_pixel_statistics(best, pixel_stats["mean"], pixel_stats["std"], pixel_stats["skewness"])
+        stats = view.pixel_stats
+        return match_pixel_statistics(best, stats["mean"], stats["std"], stats["skewness"])
 
     def _attempt(self, intercepted: Tensor, spec: PipelineSpec, generator: torch.Generator, bar):
         s = self.settings
@@ -430,6 +439,10 @@ class UnSplitAttack:
 # --------------------------------------------------------------------------- gradient leakage
 
 
+DLG_WEIGHTS = ("initial", "final")
+DLG_OPTIMIZERS = ("adam", "lbfgs")
+
+
 @dataclass
 class DLGSettings:
     """``batch_size`` (1-8) images per observed gradient, ``batches`` observed batches, taken at
@@ -443,69 +456,43 @@ class DLGSettings:
     relative to the observed gradients' squared norm). Both add ``tv`` x total variation (+
     ``map_l1`` x |map| for pgsl) and keep the images in [0, 1]."""
 
-    batch_size: int = 1
-    batches: int = 2
-    restarts: int = 4
-    iterations: int = 600
-    lr: float = 0.03
-    tv: float = 0.05
-    map_l1: float = 1e-3
-    weights: str = "initial"
-    optimizer: str = "adam"
+    batch_size: int = st.setting(1, (lambda v: st.is_integer(v) and 1 <= v <= 8, "1 to 8 images"))
+    batches: int = st.setting(2, st.POSITIVE_INTEGER)
+    restarts: int = st.setting(4, st.POSITIVE_INTEGER)
+    iterations: int = st.setting(600, st.POSITIVE_INTEGER)
+    lr: float = st.setting(0.03, st.NON_NEGATIVE)
+    tv: float = st.setting(0.05, st.NON_NEGATIVE)
+    map_l1: float = st.setting(1e-3, st.NON_NEGATIVE)
+    weights: str = st.setting("initial", st.one_of(*DLG_WEIGHTS))
+    optimizer: str = st.setting("adam", st.one_of(*DLG_OPTIMIZERS))
 
 
-DLG_WEIGHTS = ("initial", "final")
-DLG_OPTIMIZERS = ("adam", "lbfgs")
+@dataclass
+class DLGView:
+    batches: List[Tuple[List[Tensor], Tensor]]  # per observed batch: the client's parameter gradients, the labels
+    model: Run  # the full model at the observed step
+    spec: PipelineSpec
 
 
-def client_gradients(run, x: Tensor, y: Tensor) -> List[Tensor]:
-    """The victim's side: the client's parameter gradients of one step on images ``x`` with
-    labels ``y``, computed as in training (the server's gradient at the message it received; for
-    pgsl the fusion loss through the attacked branch, rpca detached; for nopeek plus the gradient
-    of its distance-correlation penalty, which is zero for a single image) with both halves in
-    eval mode. Uses the client's real pipeline (its JSMA, its noise)."""
-    client = run.client
-    activations = client.net(client.net_input(x, encoded_images(run, x)))
-    sent = activations + (client.to_wire(activations) - activations).detach()
-    return [g.detach() for g in _parameter_gradients(run, x, activations, sent, y)]
-
-
-def _parameter_gradients(run, x: Tensor, activations: Tensor, sent: Tensor, y: Tensor, *, create_graph: bool = False) -> List[Tensor]:
-    """The client's parameter gradients of the training loss for ``activations`` (sent as ``sent``)."""
-    logits = _server_logits(run, sent)
-    loss = sum(F.cross_entropy(z, y) for z in logits.values())
-    penalty = run.client.penalty(x, activations)
-    if penalty is not None:
-        loss = loss + penalty
-    return list(torch.autograd.grad(loss, list(run.client.net.parameters()), create_graph=create_graph))
-
-
-def _server_logits(run, activations: Tensor) -> Dict[str, Tensor]:
-    """The server's training-time forward (its gradient routes), in whatever mode it is in."""
-    if run.cfg.defense == "pgsl":
-        return run.server.net(activations, run.server.low_rank(activations.detach()))
-    return run.server.net(activations)
-
-
-class GradientLeakageAttack:
+class GradientLeakageAttack(InversionAttack):
     name = "dlg"
+    knows = "the full model at the observed step, the batch's labels and the client's parameter gradients of that batch"
+    Settings = DLGSettings
 
-    def __init__(self, settings: Optional[DLGSettings] = None):
-        self.settings = settings or DLGSettings()
-        s = self.settings
-        _check_settings(s)
-        if not 1 <= s.batch_size <= 8:
-            raise ValueError(f"DLGSettings.batch_size: expected 1 to 8 images, got {s.batch_size}")
-        for name in ("iterations", "restarts", "batches"):
-            if getattr(s, name) < 1:
-                raise ValueError(f"DLGSettings.{name}: expected an integer >= 1, got {getattr(s, name)}")
-        if s.weights not in DLG_WEIGHTS:
-            raise ValueError(f"DLGSettings.weights: expected one of {', '.join(DLG_WEIGHTS)}, got {s.weights!r}")
-        if s.optimizer not in DLG_OPTIMIZERS:
-            raise ValueError(f"DLGSettings.optimizer: expected one of {', '.join(DLG_OPTIMIZERS)}, got {s.optimizer!r}")
+    def count(self, targets: int) -> int:
+        return min(self.settings.batches * self.settings.batch_size, targets)
 
-    def how(self, spec: PipelineSpec) -> str:
-        s = self.settings
+    def observe(self, run: Run, targets: Split, messages: Tensor, aux: Split) -> DLGView:
+        # the model at the observed step; the client's pipeline (surrogate, JSMA, noise) is the run's
+        model = run if self.settings.weights == "final" else run.initial()
+        batches = [
+            (model.client_gradients(targets.x[batch], targets.y[batch]), targets.y[batch])
+            for batch in torch.arange(len(targets)).split(self.settings.batch_size)
+        ]
+        return DLGView(batches, model, PipelineSpec(run.defense, run.dataset.image_shape))
+
+    def how(self, view: DLGView) -> str:
+        s, spec = self.settings, view.spec
         extra = ", pooled perturbation map optimised as a nuisance" if spec.defense == "pgsl" else ""
         noise = "; the victim's gradient is taken at its noisy message, the attacker's dummies are noise-free" if spec.defense == "noise" else ""
         weights = "before the first step (the run's initial weights, rebuilt from its seed)" if s.weights == "initial" else "at the run's final weights"
@@ -523,22 +510,17 @@ class GradientLeakageAttack:
             f"gradient match{noise}"
         )
 
-    def reconstruct(
-        self,
-        observed: Sequence[Tensor],
-        labels: Tensor,
-        run,
-        spec: PipelineSpec,
-        *,
-        generator: torch.Generator,
-        progress: bool = True,
-        bar=None,
-    ) -> Tensor:
-        """``observed``: the client's parameter gradients of one batch with ``labels`` ``(B,)``;
-        ``run``: the full model (client net and server) at the step observed, which this attacker
-        knows. Its dummy gradients are computed as :func:`client_gradients` computes the
-        victim's (same modes, same server routes), without the victim's noise."""
+    def reconstruct(self, view: DLGView, *, generator: torch.Generator, progress: bool = True) -> Tensor:
+        s = self.settings
+        with _bar(len(view.batches) * s.restarts * s.iterations, "dlg", progress) as bar:
+            return torch.cat([self._batch(observed, labels, view, generator, bar) for observed, labels in view.batches])
+
+    def _batch(self, observed: Sequence[Tensor], labels: Tensor, view: DLGView, generator: torch.Generator, bar) -> Tensor:
+        """The best of the restarts for one observed batch. The dummies' gradients are computed
+        as the victim's (:meth:`pgsl.runs.Run.parameter_gradients`, same modes and server routes),
+        without the victim's noise."""
         observed = [o.detach() for o in observed]
+        run, spec = view.model, view.spec
         best, best_match = None, math.inf
         for _ in range(self.settings.restarts):
             variables = spec.variables(len(labels), generator)
@@ -551,10 +533,10 @@ class GradientLeakageAttack:
         return best
 
     @staticmethod
-    def _match(variables, observed, labels, run, spec: PipelineSpec, *, cosine: bool, create_graph: bool = False) -> Tensor:
+    def _match(variables, observed, labels, run: Run, spec: PipelineSpec, *, cosine: bool, create_graph: bool = False) -> Tensor:
         x = variables[0]
         activations = run.client.net(spec.net_input(variables))
-        dummy = _parameter_gradients(run, x, activations, activations, labels, create_graph=create_graph)
+        dummy = run.parameter_gradients(x, activations, activations, labels, create_graph=create_graph)
         if cosine:
             dot = sum((d * o).sum() for d, o in zip(dummy, observed))
             norms = torch.sqrt(sum(d.pow(2).sum() for d in dummy)) * torch.sqrt(sum(o.pow(2).sum() for o in observed))
@@ -624,56 +606,11 @@ FULL_SETTINGS = {
     "dlg": DLGSettings(batch_size=1, batches=16, restarts=4, iterations=1000),
 }
 
-ATTACKS = {"decoder": DecoderAttack, "unsplit": UnSplitAttack, "whitebox": WhiteBoxAttack, "dlg": GradientLeakageAttack}
-SETTINGS = {"decoder": DecoderSettings, "unsplit": UnSplitSettings, "whitebox": WhiteBoxSettings, "dlg": DLGSettings}
+# The registry: every inversion attack, by name, in the report's order.
+ATTACKS: Dict[str, type] = {cls.name: cls for cls in (DecoderAttack, UnSplitAttack, WhiteBoxAttack, GradientLeakageAttack)}
 
 
 # --------------------------------------------------------------------------- the evaluation
-
-
-def _settings_for(name: str, given) -> object:
-    cls = SETTINGS[name]
-    if given is None:
-        return cls()
-    if isinstance(given, cls):
-        return given
-    if isinstance(given, Mapping):
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(given) - fields)
-        if unknown:
-            raise ValueError(f"settings[{name!r}]: unknown option(s) {unknown}; expected some of {sorted(fields)}")
-        return cls(**given)
-    raise TypeError(f"settings[{name!r}]: expected a {cls.__name__} or a dict of its fields, got {type(given).__name__}")
-
-
-@torch.no_grad()
-def encoded_images(run, x: Tensor) -> Tensor:
-    """The images the client encodes for ``x``: for pgsl its JSMA-attacked images (JSMA is
-    deterministic, so those the client already attacked, its validation and test images, are
-    looked up instead of attacked again); otherwise ``x`` itself."""
-    if run.cfg.defense != "pgsl":
-        return x
-    known = {}
-    for held in run.client.data.values():
-        if held.attacked is not None:
-            for clean, adv in zip(held.split.x, held.attacked):
-                known[clean.numpy().tobytes()] = adv
-    keys = [image.numpy().tobytes() for image in x]
-    missing = [i for i, key in enumerate(keys) if key not in known]
-    if missing:
-        fresh = run.client.attack(x[missing])
-        for i, adv in zip(missing, fresh):
-            known[keys[i]] = adv
-    return torch.stack([known[key] for key in keys]) if len(x) else x.clone()
-
-
-@torch.no_grad()
-def messages(run, x: Tensor, encoded: Optional[Tensor] = None) -> Tensor:
-    """What the client sends for images ``x`` (:meth:`pgsl.train.TrainedRun.wire`, with the
-    attacked images from :func:`encoded_images`): the attacker's view."""
-    encoded = encoded_images(run, x) if encoded is None else encoded
-    client = run.client
-    return torch.cat([client.to_wire(client.net(client.net_input(a, b))) for a, b in zip(x.split(250), encoded.split(250))])
 
 
 def _check_split(name: str, split: Split, image_shape) -> None:
@@ -685,34 +622,24 @@ def _check_split(name: str, split: Split, image_shape) -> None:
         raise ValueError(f"{name}: expected images of shape {tuple(image_shape)} (the run's), got {tuple(split.x.shape[1:])}")
 
 
-def _initial(run):
-    """``run`` before its first step: its folder restored at epoch 0, in eval mode."""
-    return restore(run.folder, device=str(run.client.device), epoch=0).eval()
-
-
-def _first(n: int, total: int) -> int:
-    return total if n == 0 else min(n, total)
-
-
 def evaluate_privacy(
-    run,
+    run: Run,
     targets: Split,
     aux: Split,
     *,
-    attacks: Sequence[str] = ("decoder", "unsplit", "whitebox", "dlg"),
+    attacks: Sequence[str] = tuple(ATTACKS),
     settings: Optional[Mapping[str, object]] = None,
     classifier: Optional[nn.Module] = None,
     progress: bool = True,
     seed: int = 0,
 ) -> dict:
-    """Run the inversion ``attacks`` on ``run`` (a :class:`pgsl.train.TrainedRun`).
+    """Run the inversion ``attacks`` on ``run`` (a :class:`pgsl.runs.Run`).
 
     ``targets``: the images the attacker tries to reconstruct (each attack takes the first
-    ``settings.images`` of them, DLG the first ``batches x batch_size``); ``aux``: the decoder's
-    auxiliary images (disjoint from training and targets). ``settings``: per attack name a
-    settings dataclass or a dict of its fields (defaults: :class:`DecoderSettings` ...).
-    ``classifier``: the metric's independent classifier (default: a SmallCNN trained on the
-    run's training split, :func:`~pgsl.evaluate.metrics.independent_classifier`).
+    :meth:`InversionAttack.count` of them); ``aux``: the attackers' auxiliary images (disjoint
+    from training and targets). ``settings``: per attack name a settings dataclass or a dict of
+    its fields. ``classifier``: the metric's independent classifier (default: a SmallCNN trained
+    on the run's training split, :func:`~pgsl.evaluate.metrics.independent_classifier`).
 
     Returns ``{attack name: {"how", "knows", "settings", "images", "indices", "seconds",
     "cpu_seconds", "defense", "references", "baseline", "classifier", "metrics_vs_clean",
@@ -735,21 +662,20 @@ def evaluate_privacy(
     image_shape = tuple(run.dataset.image_shape)
     _check_split("targets", targets, image_shape)
     _check_split("aux", aux, image_shape)
-    objects = {name: ATTACKS[name](_settings_for(name, settings.get(name))) for name in attacks}
+    objects = {name: ATTACKS[name](settings.get(name)) for name in attacks}
     run.eval()
-    spec = PipelineSpec(run.cfg.defense, image_shape)
     generator = torch.Generator().manual_seed(seed)
 
-    attacked = encoded_images(run, targets.x)
-    intercepted = messages(run, targets.x, attacked)
+    attacked = run.encoded_images(targets.x)
+    intercepted = run.messages(targets.x, attacked)
     classifier_note = "given by the caller"
     if classifier is None:
-        classifier = independent_classifier(run.dataset.train, num_classes=len(run.dataset.classes), seed=seed)
+        classifier = independent_classifier(run.dataset.train, num_classes=run.num_classes, seed=seed)
         classifier_note = f"a SmallCNN trained 3 epochs on the run's training split ({len(run.dataset.train)} images, disjoint from aux and targets)"
 
     references = (
         "metrics_vs_clean: against the clean target images; metrics_vs_encoded: against the image the client encoded "
-        + ("(its JSMA-attacked image)" if spec.defense == "pgsl" else "(the clean image itself: the same numbers)")
+        + ("(its JSMA-attacked image)" if run.defense == "pgsl" else "(the clean image itself: the same numbers)")
     )
     mean_image = aux.x.mean(0, keepdim=True)
 
@@ -766,43 +692,19 @@ def evaluate_privacy(
     result = {}
     for name, attack in objects.items():
         start, cpu_start = time.perf_counter(), time.process_time()
-        if name == "decoder":
-            s = attack.settings
-            index = torch.arange(_first(s.images, len(targets)))
-            aux_x = aux.x[: _first(s.aux_images, len(aux))]
-            recon = attack.reconstruct(intercepted[index], lambda x: messages(run, x), aux_x, generator=generator, progress=progress)
-            how, knows = attack.how(len(aux_x)), "query access to the trained client, auxiliary images, intercepted messages"
-        elif name == "whitebox":
-            index = torch.arange(_first(attack.settings.images, len(targets)))
-            recon = attack.reconstruct(intercepted[index], run.client.net, spec, generator=generator, progress=progress)
-            how, knows = attack.how(spec), "the client's weights and pipeline, intercepted messages"
-        elif name == "unsplit":
-            index = torch.arange(_first(attack.settings.images, len(targets)))
-            recon = attack.reconstruct(intercepted[index], spec, pixel_statistics(aux.x), generator=generator, progress=progress)
-            how, knows = attack.how(spec), "the client's architecture and pipeline (not its weights), intercepted messages"
-        else:
-            s = attack.settings
-            count = min(s.batches * s.batch_size, len(targets))
-            index = torch.arange(count)
-            # the model at the observed step; the client's pipeline (surrogate, JSMA, noise) is the run's
-            observed_run = run if s.weights == "final" else _initial(run)
-            parts = []
-            with _bar(math.ceil(count / s.batch_size) * s.restarts * s.iterations, "dlg", progress) as bar:
-                for batch in index.split(s.batch_size):
-                    observed = client_gradients(observed_run, targets.x[batch], targets.y[batch])
-                    parts.append(attack.reconstruct(observed, targets.y[batch], observed_run, spec, generator=generator, progress=progress, bar=bar))
-            recon = torch.cat(parts)
-            how, knows = attack.how(spec), "the full model at the observed step, the batch's labels and the client's parameter gradients of that batch"
+        index = torch.arange(attack.count(len(targets)))
+        view = attack.observe(run, targets.subset(index), intercepted[index], aux)
+        recon = attack.reconstruct(view, generator=generator, progress=progress)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         result[name] = {
-            "how": how,
-            "knows": knows,
+            "how": attack.how(view),
+            "knows": attack.knows,
             "settings": dataclasses.asdict(attack.settings),
             "images": len(index),
             "indices": index.tolist(),
             "seconds": seconds,
             "cpu_seconds": cpu_seconds,
-            "defense": spec.defense,
+            "defense": run.defense,
             "references": references,
             "baseline": f"baseline_vs_clean: the mean of the {len(aux)} auxiliary images guessed for every target",
             "classifier": classifier_note,

@@ -8,7 +8,7 @@ All metrics compare ``[0, 1]`` images ``(N, C, H, W)``:
 - ``ssim``: mean over images of the per-image SSIM (``torchmetrics``: 11x11 Gaussian window,
   sigma 1.5, data range 1);
 - ``dcor``: the sample distance correlation between the reconstructions and the references
-  over the batch (Szekely et al. 2007; :func:`pgsl.split.distance_correlation`, what NoPeek
+  over the batch (Szekely et al. 2007; :func:`pgsl.defenses.distance_correlation`, what NoPeek
   trains against), ``nan`` for fewer than two images. With few images of many pixels it is
   biased towards 1 (two batches of independent noise images score close to 1), hence also
 - ``dcor_bias_corrected``: the bias-corrected estimate of the squared distance correlation
@@ -26,12 +26,11 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torchmetrics.functional.image as tm
 from torch import Tensor
 
 from ..data import Split
 from ..models import SmallCNN, fit_classifier, predict
-from ..split import distance_correlation
+from ..defenses import distance_correlation
 
 __all__ = ["bias_corrected_dcor2", "independent_classifier", "reconstruction_metrics"]
 
@@ -90,6 +89,8 @@ def reconstruction_metrics(
         raise ValueError(f"{missing}: needed with {given} (the classifier's accuracy needs both), got None")
     if labels is not None and (labels.dim() != 1 or len(labels) != len(recon)):
         raise ValueError(f"labels: expected shape ({len(recon)},), got {tuple(labels.shape)}")
+    import torchmetrics.functional.image as tm  # an optional dependency: `pgsl evaluate` needs it
+
     recon, reference = recon.float().clamp(0, 1), reference.float().clamp(0, 1)
     mse = (recon - reference).pow(2).flatten(1).mean(1)
     psnr = tm.peak_signal_noise_ratio(recon, reference, data_range=1.0, reduction="none", dim=(1, 2, 3))

@@ -12,14 +12,16 @@ Two settings:
   changed nothing.
 
 The attacked images are the client's own: JSMA against its surrogate with the surrogate's
-predicted label (as at inference), with the run's ``--jsma-theta`` / ``--jsma-gamma``.
+predicted label (as at inference), with the run's ``--jsma-theta`` / ``--jsma-gamma``. Each mu
+starts from the previous mu's sparse part (rpca's warm start), which saves about a third of the
+iterations of a sweep (bench/RESULTS.md, "rpca methods").
 """
 
 from __future__ import annotations
 
-import math
 import time
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -28,17 +30,30 @@ from tqdm.auto import tqdm
 import pgsl_ext.ops
 
 from ..data import Split
-from ..train import TrainedRun
+from ..runs import Run
+from . import settings as st
 
-__all__ = ["DEFAULT_MUS", "DEFAULT_SWEEP_IMAGES", "DEFAULT_SWEEP_ITERS", "DEFAULT_SWEEP_TOL", "sweep_mu"]
+__all__ = ["DEFAULT_MUS", "MuSweepSettings", "sweep_mu"]
 
 DEFAULT_MUS = tuple(round(0.05 * k, 2) for k in range(1, 21))
-# The trainer's default rpca cap (what the server runs). Each mu starts from the previous mu's
-# sparse part (rpca's warm start), which saves about a third of the iterations of a sweep
-# (bench/RESULTS.md, "rpca methods"); the result reports iterations and convergence per mu.
-DEFAULT_SWEEP_IMAGES = 50
-DEFAULT_SWEEP_ITERS = 200
-DEFAULT_SWEEP_TOL = 1e-5
+_MUS = (
+    lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(st.POSITIVE[0](m) for m in v),
+    "a non-empty sequence of numbers > 0",
+)
+_IMAGES = (lambda v: v is None or (st.is_integer(v) and v >= 1), "an integer >= 1 or None (all)")
+
+
+@dataclass
+class MuSweepSettings:
+    """``mus`` swept; the first ``images`` images (None: all); rpca's ``max_iter`` and ``tol``
+    per matrix (``pgsl_ext.ops.rpca``; the cap is the trainer's default); ``batch_size`` images
+    per rpca call."""
+
+    mus: Tuple[float, ...] = st.setting(DEFAULT_MUS, _MUS)
+    images: Optional[int] = st.setting(50, _IMAGES)
+    max_iter: int = st.setting(200, st.POSITIVE_INTEGER)
+    tol: float = st.setting(1e-5, st.POSITIVE)
+    batch_size: int = st.setting(50, st.POSITIVE_INTEGER)
 
 
 def _mse(a: Tensor, b: Tensor) -> float:
@@ -82,33 +97,20 @@ def _sweep(attacked: Tensor, clean: Tensor, mus: Sequence[float], max_iter: int,
     }
 
 
-def sweep_mu(
-    run: TrainedRun,
-    images: Split,
-    *,
-    mus: Optional[Sequence[float]] = None,
-    progress: bool = True,
-    max_iter: int = DEFAULT_SWEEP_ITERS,
-    tol: float = DEFAULT_SWEEP_TOL,
-    batch_size: int = 50,
-    max_images: Optional[int] = DEFAULT_SWEEP_IMAGES,
-) -> dict:
-    """MSE(rpca low-rank part, clean) against ``mu`` on the run's JSMA-attacked ``images``, on
+def sweep_mu(run: Run, images: Split, *, settings=None, progress: bool = True) -> dict:
+    """MSE(rpca low-rank part, clean) against mu on the run's JSMA-attacked ``images``, on
     whole images and on the cut-layer activations (see the module docstring).
 
     Args:
         run: a restored ``--defense pgsl`` run (its client's surrogate attacks the images and
             its client net gives the activations).
-        images: the images (x in [0, 1], ``(N, C, H, W)``); the first ``max_images`` are used
-            (None: all; the default :data:`DEFAULT_SWEEP_IMAGES` fits the time budget).
-        mus: the values of mu (default 0.05, 0.10, ..., 1.00).
-        max_iter, tol: rpca's iteration cap and tolerance per matrix (``pgsl_ext.ops.rpca``).
-        batch_size: images per rpca call.
+        images: the images (x in [0, 1], ``(N, C, H, W)``).
+        settings: a :class:`MuSweepSettings` or a dict of its fields (None: the defaults).
 
     Returns:
         dict (JSON-serialisable)::
 
-            {"mus": [...], "num_images": N, "rpca": {"max_iter", "tol", "lam"}, "attack": text,
+            {"mus": [...], "num_images": N, "rpca": {"max_iter", "tol", "lam", "warm_start"}, "attack": text,
              "how": text,
              "images": {"mu": [...], "mse": [...], "mean_iterations": [...],
                         "converged_fraction": [...], "seconds": [...], "cpu_seconds": [...]
@@ -120,10 +122,10 @@ def sweep_mu(
              "seconds", "cpu_seconds"}
     """
     op = "sweep_mu"
-    if not isinstance(run, TrainedRun):
-        raise TypeError(f"{op}: expected `run` to be a pgsl.train.TrainedRun, got {type(run).__name__}")
-    if run.cfg.defense != "pgsl" or run.client.surrogate is None:
-        raise ValueError(f"{op}: expected `run` to be a --defense pgsl run (it needs the client's JSMA surrogate), got --defense {run.cfg.defense} ({run.folder})")
+    if not isinstance(run, Run):
+        raise TypeError(f"{op}: expected `run` to be a pgsl.runs.Run, got {type(run).__name__}")
+    if run.defense != "pgsl" or run.client.surrogate is None:
+        raise ValueError(f"{op}: expected `run` to be a --defense pgsl run (it needs the client's JSMA surrogate), got --defense {run.defense} ({run.folder})")
     if not isinstance(images, Split):
         raise TypeError(f"{op}: expected `images` to be a pgsl.data.Split, got {type(images).__name__}")
     x = images.x
@@ -131,32 +133,21 @@ def sweep_mu(
         raise ValueError(f"{op}: expected `images.x` to be a float (N, *{tuple(run.dataset.image_shape)}) tensor with N >= 1, got {x.dtype} {tuple(x.shape)}")
     if float(x.min()) < 0 or float(x.max()) > 1:
         raise ValueError(f"{op}: expected `images.x` in [0, 1], got values in [{float(x.min()):g}, {float(x.max()):g}]")
-    mus = DEFAULT_MUS if mus is None else mus
-    if isinstance(mus, (str, bytes)) or not isinstance(mus, Sequence) or not mus or not all(
-        isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) and m > 0 for m in mus
-    ):
-        raise ValueError(f"{op}: expected `mus` to be a non-empty sequence of numbers > 0, got {mus!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"{op}: expected `max_iter` to be an integer >= 1, got {max_iter!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-        raise ValueError(f"{op}: expected `tol` to be a number > 0, got {tol!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"{op}: expected `batch_size` to be an integer >= 1, got {batch_size!r}")
-    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
-        raise ValueError(f"{op}: expected `max_images` to be an integer >= 1 or None, got {max_images!r}")
-    if max_images is not None:
-        x = x[:max_images]
-    mus = [float(m) for m in mus]
+    s = st.resolve(MuSweepSettings, settings, f"{op}: `settings`")
+    if s.images is not None:
+        x = x[: s.images]
+    mus = [float(m) for m in s.mus]
+    max_iter, tol, batch_size = s.max_iter, s.tol, s.batch_size
 
     start, cpu = time.perf_counter(), time.process_time()
     run.eval()
     client = run.client
     x = x.float().to(client.device)
     with torch.no_grad():
-        x_adv = client.attack(x)
-        perturbation = (x_adv - x).sum(1, keepdim=True)
-        attacked_acts = torch.cat([client.net(client.ops.pixel_unshuffle_concat(a, p, 2)) for a, p in zip(x_adv.split(batch_size), perturbation.split(batch_size))])
-        clean_acts = torch.cat([client.net(client.ops.pixel_unshuffle_concat(c, torch.zeros_like(c[:, :1]), 2)) for c in x.split(batch_size)])
+        x_adv = run.attack_images(x)
+        attacked_acts = torch.cat([client.activations(c, a) for c, a in zip(x.split(batch_size), x_adv.split(batch_size))])
+        # the clean image as its own attacked version: an all-zero perturbation map
+        clean_acts = torch.cat([client.activations(c, c) for c in x.split(batch_size)])
     n = len(x)
     bar = tqdm(total=2 * n * len(mus), desc="mu sweep", unit="img", disable=not progress, dynamic_ncols=True)
     with bar:

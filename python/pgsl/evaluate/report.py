@@ -18,7 +18,6 @@ Outputs in ``--out``: ``report.json`` (every number, with the settings that prod
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -28,13 +27,15 @@ from typing import Dict, List, Sequence
 import torch
 
 from ..data import Split
-from ..train import TrainedRun, TrainError, git_commit, restore, versions
+from ..errors import RunError
+from ..rundir import git_commit, versions
+from ..runs import Run, restore
+from . import inversion, mu_sweep, robustness
 
-__all__ = ["add_parser", "evaluate", "INVERSION_ATTACKS", "ADVERSARIAL_ATTACKS", "PAPER"]
+__all__ = ["evaluate", "markdown", "EVALUATIONS", "PAPER"]
 
-INVERSION_ATTACKS = ("decoder", "unsplit", "whitebox", "dlg")
-ADVERSARIAL_ATTACKS = ("jsma", "cw", "bim", "fgsm")
-EVALUATIONS = INVERSION_ATTACKS + ADVERSARIAL_ATTACKS + ("musweep",)
+# Every evaluation by name, from the two attack registries, in the report's order.
+EVALUATIONS = tuple(inversion.ATTACKS) + tuple(robustness.ATTACKS) + ("musweep",)
 
 # The PGSL paper's numbers (Khowaja et al. 2022), reported beside ours, labelled as the paper's.
 PAPER = {
@@ -65,17 +66,17 @@ PROTOCOL_DIFFERENCES = [
 # --------------------------------------------------------------------------- the protocol
 
 
-def _split_test(run: TrainedRun, n_targets: int) -> tuple[Split, Split]:
+def _split_test(run: Run, n_targets: int) -> tuple[Split, Split]:
     test = run.dataset.test
     half = len(test) // 2
     if half < 1 or len(test) - half < 1:
-        raise TrainError(f"--run {run.folder}: its test split has {len(test)} images; the protocol needs at least 2")
+        raise RunError(f"--run {run.folder}: its test split has {len(test)} images; the protocol needs at least 2")
     aux = test.subset(torch.arange(half))
     targets = test.subset(torch.arange(half, min(len(test), half + n_targets)))
     return aux, targets
 
 
-def _name(run: TrainedRun, names: Dict[str, int]) -> str:
+def _name(run: Run, names: Dict[str, int]) -> str:
     base = run.cfg.defense if run.cfg.defense != "noise" else f"noise({run.cfg.noise_scale:g})"
     if run.cfg.defense == "nopeek":
         base = f"nopeek({run.cfg.nopeek_weight:g})"
@@ -95,24 +96,22 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Evaluate the runs in ``folders`` and write the report into ``out``; returns report.json's dict."""
-    from . import inversion, mu_sweep, robustness
-
     unknown = [e for e in evaluations if e not in EVALUATIONS]
     if unknown:
-        raise TrainError(f"--attacks: unknown {', '.join(unknown)}; expected some of {', '.join(EVALUATIONS)}")
+        raise RunError(f"--attacks: unknown {', '.join(unknown)}; expected some of {', '.join(EVALUATIONS)}")
     if images < 1 or robust_images < 1:
-        raise TrainError(f"--images / --robust-images: expected integers >= 1, got {images} / {robust_images}")
+        raise RunError(f"--images / --robust-images: expected integers >= 1, got {images} / {robust_images}")
     for folder in folders:
         if not os.path.isdir(folder):
-            raise TrainError(f"--run {folder}: no such run folder")
-    runs: Dict[str, TrainedRun] = {}
+            raise RunError(f"--run {folder}: no such run folder")
+    runs: Dict[str, Run] = {}
     seen: Dict[str, int] = {}
     for folder in folders:
         run = restore(folder)
         runs[_name(run, seen)] = run
     datas = {r.cfg.data for r in runs.values()}
     if len(datas) > 1:
-        raise TrainError(f"--compare: the runs were trained on different data ({', '.join(sorted(datas))}); compare runs of one dataset")
+        raise RunError(f"--compare: the runs were trained on different data ({', '.join(sorted(datas))}); compare runs of one dataset")
     first = next(iter(runs.values()))
     aux, targets = _split_test(first, max(images, robust_images))
     os.makedirs(out, exist_ok=True)
@@ -144,7 +143,7 @@ def evaluate(
         "protocol_differences": PROTOCOL_DIFFERENCES,
     }
     figures: Dict[str, str] = {}
-    inversion_names = [e for e in evaluations if e in INVERSION_ATTACKS]
+    inversion_names = [e for e in evaluations if e in inversion.ATTACKS]
     reconstructions: Dict[str, Dict[str, torch.Tensor]] = {}
     if inversion_names:
         privacy = {}
@@ -161,15 +160,15 @@ def evaluate(
             reconstructions[name] = {a: r.pop("reconstructions") for a, r in result.items()}
             privacy[name] = result
         report["privacy"] = privacy
-    adversarial_names = [e for e in evaluations if e in ADVERSARIAL_ATTACKS]
+    adversarial_names = [e for e in evaluations if e in robustness.ATTACKS]
     if adversarial_names:
-        undefended = next((r for r in runs.values() if r.cfg.defense == "none"), None)
+        undefended = next((r for r in runs.values() if r.defense == "none"), None)
         rob_targets = targets.subset(torch.arange(min(robust_images, len(targets))))
         report["robustness"] = robustness.evaluate_robustness(
             runs, undefended=undefended, images=rob_targets, attacks=adversarial_names,
             settings=robustness.FULL_SETTINGS if full else None, progress=progress, seed=seed,
         )
-    pgsl_runs = [r for r in runs.values() if r.cfg.defense == "pgsl"]
+    pgsl_runs = [r for r in runs.values() if r.defense == "pgsl"]
     if "musweep" in evaluations and pgsl_runs:
         report["mu_sweep"] = mu_sweep.sweep_mu(pgsl_runs[0], targets, progress=progress)
     report["seconds"] = time.perf_counter() - started
@@ -183,7 +182,7 @@ def evaluate(
     if reconstructions:
         figures["reconstructions"] = figs.reconstruction_grid(runs, targets, reconstructions, os.path.join(out, "reconstructions.png"))
     if "mu_sweep" in report:
-        figures["mu_sweep"] = figs.mu_curve(report["mu_sweep"], os.path.join(out, "mu_sweep.png"))
+        figures["mu_sweep"] = figs.mu_curve(report["mu_sweep"], os.path.join(out, "mu_sweep.png"), paper_mu=PAPER["mu"])
     if "robustness" in report:
         figures["accuracy"] = figs.accuracy_bars(report["robustness"], os.path.join(out, "accuracy.png"))
     if "privacy" in report:
@@ -353,40 +352,3 @@ def paper_markdown(report: dict) -> List[str]:
     lines.append("")
     lines.append(f"The paper's text implies {PAPER['pgsl_mias_accuracy_percent']}% for PGSL on MIAS (gains of 36.9 and 17.5 points over JSMA and DLG).")
     return lines
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="privacy and robustness of trained runs",
-        description=(
-            "Attack trained runs: model inversion (black-box decoder, UnSplit, white-box, gradient leakage) and "
-            "accuracy under adversarial attacks (JSMA, Carlini-Wagner L2, BIM, FGSM; transferred and adaptive), plus "
-            "rpca's mu sweep. Writes report.json, report.md and PNG figures."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", metavar="DIR", help="one run folder written by pgsl train")
-    which.add_argument("--compare", metavar="DIR", nargs="+", help="several run folders (same data) in one report")
-    p.add_argument("--attacks", default=",".join(EVALUATIONS), help="comma-separated subset of " + ", ".join(EVALUATIONS))
-    p.add_argument("--out", default=None, help="report folder (default: RUN/evaluation, or runs/compare)")
-    p.add_argument("--images", type=int, default=64, help="reconstruction targets per attack")
-    p.add_argument("--robust-images", type=int, default=50, help="test images attacked for accuracy under attack")
-    p.add_argument("--full", action="store_true", help="the full protocol's attack settings (many more iterations; hours on a CPU)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the attacks")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.set_defaults(run_command=_run)
-
-
-def _run(args) -> int:
-    folders = [args.run] if args.run else args.compare
-    out = args.out or (os.path.join(args.run, "evaluation") if args.run else os.path.join("runs", "compare"))
-    evaluations = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    report = evaluate(folders, out=out, evaluations=evaluations, images=args.images, robust_images=args.robust_images,
-                      full=args.full, seed=args.seed, progress=args.progress)
-    print(f"pgsl evaluate: {report['seconds']:.0f} s; report in {os.path.join(out, 'report.md')} (and report.json, PNG figures)")
-    return 0

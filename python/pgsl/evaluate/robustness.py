@@ -20,10 +20,9 @@ accuracy is reported next to the fused decision's.
 from __future__ import annotations
 
 import contextlib
-import copy
-import math
-import numbers
+import dataclasses
 import time
+from dataclasses import dataclass
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
@@ -34,39 +33,72 @@ from tqdm.auto import tqdm
 import pgsl_ext.attacks
 
 from ..data import Split
-from ..train import TrainedRun
+from ..runs import Run
+from . import settings as st
 
-__all__ = ["ATTACKS", "DEFAULT_SETTINGS", "FULL_SETTINGS", "DEFAULT_IMAGES", "RunModel", "craft", "evaluate_robustness"]
+__all__ = ["ATTACKS", "DEFAULT_IMAGES", "FULL_SETTINGS", "RobustnessSettings", "RunModel", "craft", "evaluate_robustness"]
 
-ATTACKS = ("jsma", "cw", "bim", "fgsm")
+_THETA = (lambda v: st.is_number(v) and v != 0, "a finite non-zero number")
+_GAMMA = (lambda v: st.is_number(v) and 0 < v <= 1, "a fraction in (0, 1]")
 
-# Sized for pgsl + none on DEFAULT_IMAGES test images in about 10 minutes on an idle 2-core CPU
-# (estimated: measured only on a heavily loaded one, see the report's seconds / cpu_seconds).
-# An adaptive pgsl step costs a whole pgsl forward pass (client JSMA, rpca, three streams), so
-# the step counts are small. eps = 0.3 is the usual L-inf budget for MNIST (Madry et al. 2018).
+
+@dataclass
+class JSMASettings:
+    theta: float = st.setting(1.0, _THETA)
+    gamma: float = st.setting(0.1, _GAMMA)
+
+
+@dataclass
+class CWSettings:
+    c: float = st.setting(1.0, st.POSITIVE)
+    kappa: float = st.setting(0.0, st.NON_NEGATIVE)
+    steps: int = st.setting(20, st.POSITIVE_INTEGER)
+    lr: float = st.setting(0.05, st.POSITIVE)
+
+
+@dataclass
+class BIMSettings:
+    eps: float = st.setting(0.3, st.POSITIVE)
+    alpha: float = st.setting(0.05, st.POSITIVE)
+    steps: int = st.setting(10, st.POSITIVE_INTEGER)
+
+
+@dataclass
+class FGSMSettings:
+    eps: float = st.setting(0.3, st.POSITIVE)
+
+
+_ADAPTIVE_CAP = (lambda v: v is None or (st.is_integer(v) and v >= 1), "an integer >= 1 or None")
+
+
+@dataclass
+class RobustnessSettings:
+    """Every attack's parameters, the crafting batch size, and ``adaptive_rpca_iters``: rpca's
+    iteration cap in the forward passes of adaptive crafting (the attacker's own approximation:
+    rpca is most of a pgsl forward pass); adversarial images are always classified with the
+    run's own cap. None: the run's cap while crafting too.
+
+    The defaults are sized for pgsl + none on :data:`DEFAULT_IMAGES` test images on a 2-core CPU:
+    an adaptive pgsl step costs a whole pgsl forward pass (client JSMA, rpca, three streams), so
+    the step counts are small. eps = 0.3 is the usual L-inf budget for MNIST (Madry et al. 2018)."""
+
+    jsma: JSMASettings = st.setting(None, factory=JSMASettings)
+    cw: CWSettings = st.setting(None, factory=CWSettings)
+    bim: BIMSettings = st.setting(None, factory=BIMSettings)
+    fgsm: FGSMSettings = st.setting(None, factory=FGSMSettings)
+    batch_size: int = st.setting(100, st.POSITIVE_INTEGER)
+    adaptive_rpca_iters: Optional[int] = st.setting(20, _ADAPTIVE_CAP)
+
+
+# The registry: every adversarial attack, by name, in the report's order.
+ATTACKS = tuple(f.name for f in dataclasses.fields(RobustnessSettings) if f.type.endswith("Settings"))
 DEFAULT_IMAGES = 50
-DEFAULT_SETTINGS: Dict[str, dict] = {
-    "jsma": {"theta": 1.0, "gamma": 0.1},
-    "cw": {"c": 1.0, "kappa": 0.0, "steps": 20, "lr": 0.05},
-    "bim": {"eps": 0.3, "alpha": 0.05, "steps": 10},
-    "fgsm": {"eps": 0.3},
-    "batch_size": 100,
-    # rpca's iteration cap in the forward passes of adaptive crafting (the attacker's own
-    # approximation: rpca is most of a pgsl forward pass); adversarial images are always
-    # classified with the run's own cap. None: the run's cap while crafting too.
-    "adaptive_rpca_iters": 20,
-}
 # The attacks as their authors ran them (CW: 1000 Adam steps at lr 0.01; BIM: Kurakin et al.'s
-# alpha = 1/255 with min(eps*255 + 4, 1.25 eps*255) steps); pass as ``settings`` with the whole
-# test set for the full protocol (hours on a CPU for pgsl's adaptive attacks).
-FULL_SETTINGS: Dict[str, dict] = {
-    "jsma": {"theta": 1.0, "gamma": 0.1},
-    "cw": {"c": 1.0, "kappa": 0.0, "steps": 1000, "lr": 0.01},
-    "bim": {"eps": 0.3, "alpha": 1 / 255, "steps": 80},
-    "fgsm": {"eps": 0.3},
-    "batch_size": 100,
-    "adaptive_rpca_iters": None,
-}
+# alpha = 1/255 with min(eps*255 + 4, 1.25 eps*255) steps); with the whole test set for the full
+# protocol (hours on a CPU for pgsl's adaptive attacks).
+FULL_SETTINGS = RobustnessSettings(
+    cw=CWSettings(steps=1000, lr=0.01), bim=BIMSettings(alpha=1 / 255, steps=80), adaptive_rpca_iters=None
+)
 
 _HOW = {
     "jsma": "JSMA (Papernot et al. 2016; pgsl_ext.attacks.jsma), non-targeted against the true label: two pixels "
@@ -79,17 +111,6 @@ _HOW = {
     "fgsm": "FGSM (Goodfellow et al. 2015; torchattacks.FGSM): one signed-gradient step of eps on the "
     "cross-entropy, clipped to [0, 1]",
 }
-_CHECKS = {
-    "theta": lambda v: math.isfinite(v) and v != 0,
-    "gamma": lambda v: 0 < v <= 1,
-    "c": lambda v: math.isfinite(v) and v > 0,
-    "kappa": lambda v: math.isfinite(v) and v >= 0,
-    "steps": lambda v: float(v).is_integer() and v >= 1,
-    "lr": lambda v: math.isfinite(v) and v > 0,
-    "eps": lambda v: math.isfinite(v) and v > 0,
-    "alpha": lambda v: math.isfinite(v) and v > 0,
-    "batch_size": lambda v: float(v).is_integer() and v >= 1,
-}
 
 
 class RunModel(nn.Module):
@@ -100,26 +121,26 @@ class RunModel(nn.Module):
     whose arg-max is the run's decision and whose cross-entropy is the decision's); ``None``
     means the decision: the logits of a single-stream run, else ``"fused"``. ``bpda``: gradients
     through the client's JSMA and rpca taken as the identity (the forward values are the real
-    pipeline's either way). The run's networks are submodules, so ``eval()`` and
-    ``parameters()`` reach them.
+    pipeline's either way); ``rpca_iters``: rpca's cap in these forward passes (None: the
+    run's). The run's networks are submodules, so ``eval()`` and ``parameters()`` reach them.
     """
 
-    def __init__(self, run: TrainedRun, output: Optional[str] = None, *, bpda: bool = True):
+    def __init__(self, run: Run, output: Optional[str] = None, *, bpda: bool = True, rpca_iters: Optional[int] = None):
         super().__init__()
-        if not isinstance(run, TrainedRun):
-            raise TypeError(f"RunModel: expected `run` to be a pgsl.train.TrainedRun, got {type(run).__name__}")
+        if not isinstance(run, Run):
+            raise TypeError(f"RunModel: expected `run` to be a pgsl.runs.Run, got {type(run).__name__}")
         streams = tuple(run.streams)
         if output is None:
             output = streams[0] if len(streams) == 1 else "fused"
         if output != "fused" and output not in streams:
             raise ValueError(f"RunModel: expected `output` to be 'fused' or one of {streams}, got {output!r}")
-        self.run, self.output, self.bpda = run, output, bpda
+        self.run, self.output, self.bpda, self.rpca_iters = run, output, bpda, rpca_iters
         self.client_net, self.server_net = run.client.net, run.server.net
         self.surrogate = run.client.surrogate
         self.train(run.server.net.training)  # a new Module says training=True; keep the run's mode
 
     def forward(self, x: Tensor) -> Tensor:
-        logits = self.run.logits(x, bpda=self.bpda)
+        logits = self.run.logits(x, bpda=self.bpda, rpca_iters=self.rpca_iters)
         if self.output != "fused":
             return logits[self.output]
         probs = self.run.fused_probs(logits)
@@ -127,7 +148,7 @@ class RunModel(nn.Module):
 
 
 @contextlib.contextmanager
-def _frozen(model: nn.Module) -> Iterator[nn.Module]:
+def _eval_without_parameter_gradients(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` in eval mode with parameter gradients off (CW's ``backward`` would otherwise
     fill the run's ``.grad``), restored on exit."""
     params = [(p, p.requires_grad) for p in model.parameters()]
@@ -144,27 +165,27 @@ def _frozen(model: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
-def craft(model: RunModel, attack: str, x: Tensor, y: Tensor, params: Mapping[str, float]) -> Tensor:
+def craft(model: RunModel, attack: str, x: Tensor, y: Tensor, params) -> Tensor:
     """Adversarial versions of images ``x`` (labels ``y``) against ``model`` by ``attack`` with
-    ``params`` (the keys of :data:`DEFAULT_SETTINGS`\\ [attack])."""
-    with _frozen(model):
+    ``params`` (that attack's settings dataclass, e.g. :class:`CWSettings`)."""
+    with _eval_without_parameter_gradients(model):
         if attack == "jsma":
-            return pgsl_ext.attacks.jsma(model, x, y, theta=float(params["theta"]), gamma=float(params["gamma"])).adversarial
+            return pgsl_ext.attacks.jsma(model, x, y, theta=float(params.theta), gamma=float(params.gamma)).adversarial
         import torchattacks
 
         if attack == "cw":
-            atk = torchattacks.CW(model, c=params["c"], kappa=params["kappa"], steps=int(params["steps"]), lr=params["lr"])
+            atk = torchattacks.CW(model, c=params.c, kappa=params.kappa, steps=int(params.steps), lr=params.lr)
         elif attack == "bim":
-            atk = torchattacks.BIM(model, eps=params["eps"], alpha=params["alpha"], steps=int(params["steps"]))
+            atk = torchattacks.BIM(model, eps=params.eps, alpha=params.alpha, steps=int(params.steps))
         elif attack == "fgsm":
-            atk = torchattacks.FGSM(model, eps=params["eps"])
+            atk = torchattacks.FGSM(model, eps=params.eps)
         else:
             raise ValueError(f"craft: expected `attack` in {ATTACKS}, got {attack!r}")
         return atk(x, y).detach()
 
 
 @torch.no_grad()
-def _predictions(run: TrainedRun, x: Tensor, batch_size: int) -> Dict[str, Tensor]:
+def _predictions(run: Run, x: Tensor, batch_size: int) -> Dict[str, Tensor]:
     """Each stream's and the fused decision's predicted classes, by the run's inference pipeline."""
     out: Dict[str, List[Tensor]] = {}
     for xb in x.split(batch_size):
@@ -175,53 +196,22 @@ def _predictions(run: TrainedRun, x: Tensor, batch_size: int) -> Dict[str, Tenso
     return {name: torch.cat(p) for name, p in out.items()}
 
 
-def _accuracies(run: TrainedRun, x: Tensor, y: Tensor, batch_size: int) -> Dict[str, float]:
+def _accuracies(run: Run, x: Tensor, y: Tensor, batch_size: int) -> Dict[str, float]:
     return {name: float((p == y).double().mean()) for name, p in _predictions(run, x, batch_size).items()}
-
-
-def _settings(settings: Optional[Mapping]) -> Dict[str, dict]:
-    merged = copy.deepcopy(DEFAULT_SETTINGS)
-    if settings is None:
-        return merged
-    if not isinstance(settings, Mapping):
-        raise TypeError(f"evaluate_robustness: expected `settings` to be a dict or None, got {type(settings).__name__}")
-    for key, value in settings.items():
-        if key in ("batch_size", "adaptive_rpca_iters"):
-            if value is None and key == "adaptive_rpca_iters":
-                merged[key] = None
-                continue
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and _CHECKS["batch_size"](value)
-            if not ok:
-                raise ValueError(f"evaluate_robustness: expected `settings[{key!r}]` to be an integer >= 1, got {value!r}")
-            merged[key] = int(value)
-            continue
-        if key not in ATTACKS:
-            raise ValueError(
-                f"evaluate_robustness: unknown key {key!r} in `settings` (expected {ATTACKS}, 'batch_size' or 'adaptive_rpca_iters')"
-            )
-        if not isinstance(value, Mapping):
-            raise TypeError(f"evaluate_robustness: expected `settings[{key!r}]` to be a dict, got {type(value).__name__}")
-        for name, v in value.items():
-            if name not in merged[key]:
-                raise ValueError(f"evaluate_robustness: unknown parameter {name!r} in `settings[{key!r}]` (expected one of {tuple(merged[key])})")
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not _CHECKS[name](v):
-                raise ValueError(f"evaluate_robustness: `settings[{key!r}][{name!r}]` = {v!r} is out of range")
-            merged[key][name] = int(v) if name == "steps" else float(v)
-    return merged
 
 
 def _check(runs, undefended, images, attacks) -> None:
     op = "evaluate_robustness"
     if not isinstance(runs, Mapping) or not runs:
-        raise ValueError(f"{op}: expected `runs` to be a non-empty dict of name -> TrainedRun, got {runs!r}")
+        raise ValueError(f"{op}: expected `runs` to be a non-empty dict of name -> Run, got {runs!r}")
     for name, run in runs.items():
-        if not isinstance(run, TrainedRun):
-            raise TypeError(f"{op}: expected `runs[{name!r}]` to be a pgsl.train.TrainedRun, got {type(run).__name__}")
+        if not isinstance(run, Run):
+            raise TypeError(f"{op}: expected `runs[{name!r}]` to be a pgsl.runs.Run, got {type(run).__name__}")
     if undefended is not None:
-        if not isinstance(undefended, TrainedRun):
-            raise TypeError(f"{op}: expected `undefended` to be a pgsl.train.TrainedRun or None, got {type(undefended).__name__}")
-        if undefended.cfg.defense != "none":
-            raise ValueError(f"{op}: expected `undefended` to be a --defense none run, got a --defense {undefended.cfg.defense} run ({undefended.folder})")
+        if not isinstance(undefended, Run):
+            raise TypeError(f"{op}: expected `undefended` to be a pgsl.runs.Run or None, got {type(undefended).__name__}")
+        if undefended.defense != "none":
+            raise ValueError(f"{op}: expected `undefended` to be a --defense none run, got a --defense {undefended.defense} run ({undefended.folder})")
     if not isinstance(images, Split):
         raise TypeError(f"{op}: expected `images` to be a pgsl.data.Split, got {type(images).__name__}")
     x, y = images.x, images.y
@@ -236,8 +226,8 @@ def _check(runs, undefended, images, attacks) -> None:
         shape = tuple(run.dataset.image_shape)
         if tuple(x.shape[1:]) != shape:
             raise ValueError(f"{op}: `images` are {tuple(x.shape[1:])} but run {name!r} ({run.folder}) takes {shape}")
-        if int(y.max()) >= run.client.cfg.num_classes or int(y.min()) < 0:
-            raise ValueError(f"{op}: `images.y` has labels outside run {name!r}'s {run.client.cfg.num_classes} classes")
+        if int(y.max()) >= run.num_classes or int(y.min()) < 0:
+            raise ValueError(f"{op}: `images.y` has labels outside run {name!r}'s {run.num_classes} classes")
     if isinstance(attacks, str) or not isinstance(attacks, Sequence) or not attacks:
         raise ValueError(f"{op}: expected `attacks` to be a non-empty sequence drawn from {ATTACKS}, got {attacks!r}")
     for a in attacks:
@@ -256,18 +246,6 @@ def _perturbation(x_adv: Tensor, x: Tensor) -> dict:
     }
 
 
-@contextlib.contextmanager
-def _rpca_cap(run: TrainedRun, iterations: Optional[int]) -> Iterator[None]:
-    """The run's server rpca capped at ``iterations`` (None: unchanged), restored on exit."""
-    saved = run.server.cfg.rpca_iters
-    if iterations is not None:
-        run.server.cfg.rpca_iters = min(saved, iterations)
-    try:
-        yield
-    finally:
-        run.server.cfg.rpca_iters = saved
-
-
 class _Timer:
     def __enter__(self):
         self.wall, self.cpu = time.perf_counter(), time.process_time()
@@ -277,27 +255,10 @@ class _Timer:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def _noise_seeded(runs: Sequence[TrainedRun], seed: int):
-    """Each run's activation-noise generator reseeded (``--defense noise``), restored on exit."""
-
-    @contextlib.contextmanager
-    def manager():
-        saved = [r.client.noise.get_state() for r in runs]
-        for r in runs:
-            r.client.noise.manual_seed(seed)
-        try:
-            yield
-        finally:
-            for r, state in zip(runs, saved):
-                r.client.noise.set_state(state)
-
-    return manager()
-
-
 def evaluate_robustness(
-    runs: Dict[str, TrainedRun],
+    runs: Dict[str, Run],
     *,
-    undefended: Optional[TrainedRun],
+    undefended: Optional[Run],
     images: Split,
     attacks: Sequence[str] = ATTACKS,
     settings: Optional[Mapping] = None,
@@ -309,13 +270,13 @@ def evaluate_robustness(
     adaptive (against the run itself, BPDA through the client's JSMA and rpca).
 
     Args:
-        runs: name -> restored run (:func:`pgsl.train.restore`).
+        runs: name -> restored run (:func:`pgsl.runs.restore`).
         undefended: a ``--defense none`` run, the transfer attacks' source model.
         images: the test images (x in [0, 1], ``(N, C, H, W)``) with their labels; sized so the
             defaults fit a CPU with :data:`DEFAULT_IMAGES`.
         attacks: some of :data:`ATTACKS`.
-        settings: overrides of :data:`DEFAULT_SETTINGS`, e.g. ``{"fgsm": {"eps": 0.1}}`` or
-            :data:`FULL_SETTINGS`.
+        settings: a :class:`RobustnessSettings` or a dict of its fields, e.g.
+            ``{"fgsm": {"eps": 0.1}}``, or :data:`FULL_SETTINGS` (None: the defaults).
         seed: seeds the global RNG and the runs' activation noise for the duration.
 
     Returns:
@@ -338,8 +299,8 @@ def evaluate_robustness(
         time is counted once for transfer images, under the first run.
     """
     _check(runs, undefended, images, attacks)
-    cfg = _settings(settings)
-    batch = cfg["batch_size"]
+    cfg = st.resolve(RobustnessSettings, settings, "evaluate_robustness: `settings`")
+    batch = cfg.batch_size
     x, y = images.x.float(), images.y
     all_runs = list(runs.values()) + ([undefended] if undefended is not None else [])
     for r in all_runs:
@@ -352,8 +313,8 @@ def evaluate_robustness(
         "undefended": undefended.folder if undefended is not None else None,
         "seed": seed,
         "batch_size": batch,
-        "adaptive_rpca_iters": cfg["adaptive_rpca_iters"],
-        "attacks": {a: {"how": _HOW[a], "settings": cfg[a]} for a in attacks},
+        "adaptive_rpca_iters": cfg.adaptive_rpca_iters,
+        "attacks": {a: {"how": _HOW[a], "settings": dataclasses.asdict(getattr(cfg, a))} for a in attacks},
         "notes": [],
         "results": {},
     }
@@ -370,12 +331,14 @@ def evaluate_robustness(
         "(wall / process CPU, all threads), counted once for transfer images."
     )
     transfer_cache: Dict[str, tuple] = {}
-    with torch.random.fork_rng(devices=[]), _noise_seeded(all_runs, seed), bar:
+    with torch.random.fork_rng(devices=[]), contextlib.ExitStack() as noise, bar:
+        for r in all_runs:
+            noise.enter_context(r.noise_seeded(seed))
         torch.manual_seed(seed)
         for name, run in runs.items():
             entry = {
                 "folder": run.folder,
-                "defense": run.cfg.defense,
+                "defense": run.defense,
                 "streams": list(run.streams),
                 "clean": _accuracies(run, x, y, batch),
                 "attacks": {},
@@ -394,10 +357,10 @@ def evaluate_robustness(
                         bar.update(len(x))
                         continue
                     else:
-                        model = RunModel(source, bpda=True)
-                        with _Timer() as t, _rpca_cap(source, cfg["adaptive_rpca_iters"]):
+                        model = RunModel(source, bpda=True, rpca_iters=cfg.adaptive_rpca_iters)
+                        with _Timer() as t:
                             x_adv = torch.cat(
-                                [craft(model, attack, xb, yb, cfg[attack]) for xb, yb in zip(x.split(batch), y.split(batch))]
+                                [craft(model, attack, xb, yb, getattr(cfg, attack)) for xb, yb in zip(x.split(batch), y.split(batch))]
                             )
                         seconds, cpu = t.wall, t.cpu
                         source_accuracy = None
