@@ -246,7 +246,9 @@ def run_jsma(
                 success[rows] = reached
                 if last:
                     break
-                chosen = torch.nn.functional.one_hot(cls, out.shape[1]).to(out.dtype)
+                # The chosen class's one-hot rows and their complements (one_hot itself checks
+                # its input's range every call, which costs more than this).
+                chosen = torch.zeros_like(out).scatter_(1, cls[:, None], 1.0)
                 cotangents = torch.stack([chosen, 1 - chosen])
                 if batched_vjp:
                     try:
@@ -254,20 +256,20 @@ def run_jsma(
                         # that a model whose backward cannot be batched (an autograd.Function
                         # without vmap support, an op without a batching rule) still gets its
                         # two separate products.
-                        g_class, g_others = vjp(out, xa, cotangents, retain_graph=step == 0)
+                        grads = vjp(out, xa, cotangents, retain_graph=step == 0)
                     except RuntimeError:
                         if step != 0:
                             raise
                         batched_vjp = False
                 if not batched_vjp:
-                    g_class = torch.autograd.grad(out, xa, cotangents[0], retain_graph=True)[0]
-                    g_others = torch.autograd.grad(out, xa, cotangents[1])[0]
+                    grads = torch.stack([torch.autograd.grad(out, xa, c, retain_graph=True)[0] for c in cotangents])
                 del out
             go_on = ~reached
             rows = rows[go_on]
+            grads = grads.reshape(2, -1, n)[:, go_on]
             p, q, found = ops.jsma_saliency_search(
-                g_class[go_on].reshape(rows.numel(), n),
-                g_others[go_on].reshape(rows.numel(), n),
+                grads[0],
+                grads[1],
                 domain[rows],
                 targeted=search_targeted,
             )
