@@ -23,7 +23,8 @@ from torch import Tensor
 
 from . import ops
 
-__all__ = ["jsma", "JSMAResult", "JSMA"]
+# JSMA is left out of __all__: `from pgsl_ext.attacks import *` must work without torchattacks.
+__all__ = ["jsma", "JSMAResult"]
 
 
 def __getattr__(name):
@@ -33,6 +34,10 @@ def __getattr__(name):
 
         return JSMA
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), "JSMA"])
 
 
 class JSMAResult(NamedTuple):

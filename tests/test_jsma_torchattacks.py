@@ -18,7 +18,7 @@ import torch.nn as nn
 import torchattacks  # a test dependency (requirements.txt): missing fails, never skips
 
 from pgsl_ext import attacks
-from tests.common_utils import mnist_classifier
+from tests.common_utils import DEVICES, mnist_classifier
 
 N_DIGITS = 8
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -159,6 +159,43 @@ def test_budget_domain_and_stop_as_torchattacks(mnist):
     assert torch.all(result.success | (result.iterations == 40))  # unsuccessful only at the budget
 
 
+def test_negative_theta_lowers_features_in_torchattacks_domain(mnist):
+    # torchattacks' score a |b| is negative on every valid pair when theta < 0, so its argmax
+    # lands on feature 0 paired with itself every time; here the search follows the step.
+    model, x, y = mnist
+    atk = attacks.JSMA(model, theta=-1.0, gamma=0.05)
+    adversarial = atk(x, y)
+    n = x[0].numel()
+    expected = attacks.jsma(
+        model, x, y, targeted=True, target=(y + 1) % 10, theta=-1.0, domain_margin=0.01, gamma=20.5 * 2 / n
+    )
+    assert torch.equal(adversarial, expected.adversarial)
+    lowered = adversarial != x
+    assert torch.all(adversarial[lowered] == 0) and torch.all(x[lowered] > 0.01)
+    assert (atk.last_result.iterations > 0).all()
+    assert atk.last_result.iterations.max() <= math.ceil(n * 0.05 / 2) == 20
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_handling(device):
+    # The attack runs where the model is (torchattacks' rule), whatever the device of the input.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.Tanh(), nn.Linear(4, 3)).to(device).eval()
+    x = torch.rand(6, 1, 4, 4)
+    y = model(x.to(device)).argmax(1).cpu()
+    atk = attacks.JSMA(model, theta=1.0, gamma=0.5)
+    assert atk.device == torch.device(device) or atk.device.type == device
+    adversarial = atk(x, y)
+    assert adversarial.device.type == device
+    expected = attacks.jsma(
+        model, x.to(device), y.to(device), targeted=True, target=(y.to(device) + 1) % 3, domain_margin=0.01,
+        gamma=(4 + 0.5) * 2 / 16,
+    )  # fmt: skip
+    assert torch.equal(adversarial, expected.adversarial)
+    atk.set_device(torch.device("cpu"))
+    assert atk.device == torch.device("cpu")
+
+
 def test_errors_name_the_argument(mnist):
     model, x, y = mnist
     with pytest.raises(ValueError, match="`theta` to be a finite non-zero number, but got 0"):
@@ -181,7 +218,8 @@ def test_pgsl_ext_imports_without_torchattacks():
         import sys
         sys.modules["torchattacks"] = None  # makes `import torchattacks` fail
         import pgsl_ext, pgsl_ext.attacks
-        assert "JSMA" in pgsl_ext.attacks.__all__
+        from pgsl_ext.attacks import *
+        assert "JSMA" in dir(pgsl_ext.attacks)
         try:
             pgsl_ext.attacks.JSMA
         except ImportError as e:
