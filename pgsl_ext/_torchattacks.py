@@ -94,7 +94,12 @@ class JSMA(Attack):
         self.theta = theta
         self.gamma = gamma
         self.supported_mode = ["default", "targeted", "untargeted"]
-        self.last_result = None
+        self._last_result = None  # underscored: torchattacks' __repr__ lists every other attribute
+
+    @property
+    def last_result(self):
+        """The :class:`pgsl_ext.attacks.JSMAResult` of the last call (None before the first)."""
+        return self._last_result
 
     def set_mode_untargeted(self, quiet=False):
         """PGSL's non-targeted attack: lower the true class and raise the others until the
@@ -154,5 +159,5 @@ class JSMA(Attack):
             domain_margin=_TORCHATTACKS_DOMAIN_MARGIN,
             label_name="target labels" if targeted else "labels",
         )
-        self.last_result = result
+        self._last_result = result
         return result.adversarial

@@ -196,6 +196,25 @@ def test_device_handling(device):
     assert atk.device == torch.device("cpu")
 
 
+def test_save_and_repr_from_the_base_class(tmp_path):
+    # torchattacks' Attack.save runs the attack over a DataLoader and stores the images.
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.Tanh(), nn.Linear(4, 3)).eval()
+    x = torch.rand(10, 1, 4, 4)
+    y = model(x).argmax(1)
+    atk = attacks.JSMA(model, theta=1.0, gamma=0.5)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    robust, _, _ = atk.save(loader, save_path=str(tmp_path / "adv.pt"), verbose=False, return_verbose=True)
+    saved = torch.load(tmp_path / "adv.pt")["adv_inputs"]
+    expected = torch.cat([atk(xb, yb) for xb, yb in loader])
+    assert torch.equal(saved, expected)
+    with torch.no_grad():
+        assert robust == pytest.approx(100 * (model(saved).argmax(1) == y).float().mean().item())
+    assert repr(atk).startswith("JSMA(") and "theta=1.0, gamma=0.5" in repr(atk) and "last_result" not in repr(atk)
+
+
 def test_errors_name_the_argument(mnist):
     model, x, y = mnist
     with pytest.raises(ValueError, match="`theta` to be a finite non-zero number, but got 0"):
