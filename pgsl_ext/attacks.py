@@ -1,9 +1,14 @@
 """Adversarial attacks built on the pgsl_ext ops.
 
 :func:`jsma` is the Jacobian-based saliency map attack (Papernot et al. 2016) that PGSL's client
-applies to every image, batched: per iteration one forward of the images still running, two
-vector-Jacobian products and one :func:`pgsl_ext.ops.jsma_saliency_search`. Its plain-PyTorch
-definition is :func:`pgsl_ext.reference.jsma`.
+applies to every image, batched: per iteration one forward of the images still running, one
+batched vector-Jacobian product (both cotangents at once) and one
+:func:`pgsl_ext.ops.jsma_saliency_search`. Its plain-PyTorch definition is
+:func:`pgsl_ext.reference.jsma`.
+
+``JSMA`` is the same attack as a ``torchattacks.Attack`` (torchattacks' constructor, call, modes
+and settings), defined in :mod:`pgsl_ext._torchattacks` and imported from there on first use, so
+that ``pgsl_ext`` itself does not need torchattacks.
 """
 
 from __future__ import annotations
@@ -11,14 +16,28 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from typing import NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from . import ops
 
+# JSMA is left out of __all__: `from pgsl_ext.attacks import *` must work without torchattacks.
 __all__ = ["jsma", "JSMAResult"]
+
+
+def __getattr__(name):
+    # PEP 562: torchattacks is imported only by whoever asks for the class.
+    if name == "JSMA":
+        from ._torchattacks import JSMA
+
+        return JSMA
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), "JSMA"])
 
 
 class JSMAResult(NamedTuple):
@@ -40,8 +59,9 @@ class JSMAResult(NamedTuple):
     iterations: Tensor
 
 
-def _check_arguments(model, x, y, targeted, target, theta, gamma, clip, jacobian, domain_margin):
-    op = "jsma"
+def _check_arguments(
+    model, x, y, targeted, target, theta, gamma, clip, jacobian, domain_margin, op="jsma", names=("y", "target")
+):
     if not callable(model):
         raise TypeError(f"{op}: expected `model` to be callable (an nn.Module or a function), but got {type(model).__name__}")
     if not isinstance(x, Tensor) or x.dtype not in (torch.float32, torch.float64) or x.dim() < 2:
@@ -58,13 +78,13 @@ def _check_arguments(model, x, y, targeted, target, theta, gamma, clip, jacobian
         if t.device != x.device:
             raise ValueError(f"{op}: expected `{name}` on the device of `x` ({x.device}), but got {t.device}")
 
-    check_labels(y, "y")
+    check_labels(y, names[0])
     if not isinstance(targeted, bool):
         raise TypeError(f"{op}: expected `targeted` to be a bool, but got {type(targeted).__name__}")
     if targeted:
         if target is None:
             raise ValueError(f"{op}: `targeted=True` needs `target` (the class to reach per image)")
-        check_labels(target, "target")
+        check_labels(target, names[1])
     elif target is not None:
         raise ValueError(f"{op}: `target` was given but `targeted=False`; pass targeted=True to use it")
     if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or theta == 0 or not math.isfinite(theta):
@@ -112,8 +132,9 @@ def jsma(
 
     Per iteration, for the images still running: one forward pass; the prediction decides
     whether an image is finished (label no longer ``y`` when non-targeted, ``target`` reached
-    when targeted); for the others two vector-Jacobian products give the gradients of the chosen
-    class's output and of the sum of the other classes' outputs w.r.t. every input feature;
+    when targeted); one batched vector-Jacobian product (two stacked cotangents) gives the
+    gradients of the chosen class's output and of the sum of the other classes' outputs w.r.t.
+    every input feature;
     :func:`pgsl_ext.ops.jsma_saliency_search` picks the pair; both its features move by
     ``theta``, are clamped to ``clip`` and leave the search domain. Finished images are never
     touched again; an image whose search finds no valid pair stops (unsuccessful).
@@ -155,16 +176,57 @@ def jsma(
             not a bool.
     """
     _check_arguments(model, x, y, targeted, target, theta, gamma, clip, jacobian, domain_margin)
+    n = math.prod(x.shape[1:])
+    with eval_mode(model):
+        return run_jsma(
+            model,
+            x,
+            (target if targeted else y).long(),
+            targeted=targeted,
+            theta=theta,
+            budget=int(n * gamma / 2),
+            clip=clip,
+            jacobian=jacobian,
+            domain_margin=domain_margin,
+            label_name="target" if targeted else "y",
+        )
+
+
+def run_jsma(
+    model,
+    x: Tensor,
+    classes: Union[Tensor, Callable[[int], Tensor]],
+    *,
+    targeted: bool,
+    theta: float,
+    budget: int,
+    clip: Tuple[float, float],
+    jacobian: str,
+    domain_margin: float,
+    label_name: str,
+) -> JSMAResult:
+    """The attack loop of :func:`jsma` on checked arguments, with the model's train/eval mode left
+    as the caller set it and the iteration budget given directly (``torchattacks`` allows
+    ``ceil(N * gamma / 2)`` where :func:`jsma` allows ``floor``).
+
+    Args:
+        model (callable): ``(b, C, H, W) -> (b, K)`` outputs.
+        x (Tensor[B, C, H, W]): images within ``clip``.
+        classes (Tensor[B], int64): the chosen class per image (``y`` or ``target``), or a
+            function of the model's class count ``K`` that returns them.
+        budget (int): iterations (pixel pairs) per image, ``>= 0``.
+        label_name (str): the argument ``classes`` came from, for the error on a label ``>= K``.
+        Others as in :func:`jsma`.
+    """
     batch = x.shape[0]
     n = math.prod(x.shape[1:])
     feature_shape = x.shape[1:]
     lo, hi = float(clip[0]), float(clip[1])
-    classes = (target if targeted else y).long()
-    budget = int(n * gamma / 2)
     search_targeted = raises_chosen_class(targeted, theta)
+    batched_vjp = True
 
     # The attack needs autograd even when called under no_grad or inference_mode.
-    with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():
         adv = x.detach().clone().reshape(batch, n)
         domain = adv < hi - domain_margin if theta > 0 else adv > lo + domain_margin
         iterations = torch.zeros(batch, dtype=torch.long, device=x.device)
@@ -180,7 +242,7 @@ def jsma(
                     xa.requires_grad_(True)
                 out = model(xa)
                 if step == 0:
-                    check_model_output(out, rows.numel(), classes, "target" if targeted else "y")
+                    classes = check_model_output(out, rows.numel(), classes, label_name)
                 if jacobian == "softmax":
                     out = out.softmax(dim=1)
                 cls = classes[rows]
@@ -189,24 +251,54 @@ def jsma(
                 success[rows] = reached
                 if last:
                     break
-                chosen = torch.nn.functional.one_hot(cls, out.shape[1]).to(out.dtype)
-                g_class = torch.autograd.grad(out, xa, chosen, retain_graph=True)[0]
-                g_others = torch.autograd.grad(out, xa, 1 - chosen)[0]
-            go_on = ~reached
-            rows = rows[go_on]
-            p, q, found = ops.jsma_saliency_search(
-                g_class[go_on].reshape(rows.numel(), n),
-                g_others[go_on].reshape(rows.numel(), n),
-                domain[rows],
-                targeted=search_targeted,
-            )
-            rows, p, q = rows[found], p[found], q[found]
-            for pix in (p, q):
-                adv[rows, pix] = (adv[rows, pix] + theta).clamp(lo, hi)
-                domain[rows, pix] = False
+                # The chosen class's one-hot rows and their complements (one_hot itself checks
+                # its input's range every call, which costs more than this).
+                chosen = torch.zeros_like(out).scatter_(1, cls[:, None], 1.0)
+                cotangents = torch.stack([chosen, 1 - chosen])
+                if batched_vjp:
+                    try:
+                        # One backward pass for both cotangents. The first try keeps the graph so
+                        # that a model whose backward cannot be batched (an autograd.Function
+                        # without vmap support, an op without a batching rule) still gets its
+                        # two separate products.
+                        grads = vjp(out, xa, cotangents, retain_graph=step == 0)
+                    except RuntimeError:
+                        if step != 0:
+                            raise
+                        batched_vjp = False
+                if not batched_vjp:
+                    grads = torch.stack([torch.autograd.grad(out, xa, c, retain_graph=True)[0] for c in cotangents])
+                del out
+            # Late iterations run a few images each, where every small indexing op counts as
+            # much as the model: a selection that keeps every row is skipped.
+            grads = grads.reshape(2, -1, n)
+            if bool(reached.any()):
+                go_on = ~reached
+                rows, grads = rows[go_on], grads[:, go_on]
+            p, q, found = ops.jsma_saliency_search(grads[0], grads[1], domain[rows], targeted=search_targeted)
+            if not bool(found.all()):
+                rows, p, q = rows[found], p[found], q[found]
+            # p < q: both features of a pair move at once.
+            at, pair = rows[:, None], torch.stack([p, q], dim=1)
+            adv[at, pair] = (adv[at, pair] + theta).clamp(lo, hi)
+            domain[at, pair] = False
             iterations[rows] += 1
         adversarial = adv.reshape(x.shape)
         return JSMAResult(adversarial, adversarial - x, success, iterations)
+
+
+def vjp(out: Tensor, xa: Tensor, cotangents: Tensor, retain_graph: bool = False) -> Tensor:
+    """Both vector-Jacobian products of one forward in one batched backward pass.
+
+    Args:
+        out (Tensor[b, K]): the model's outputs, computed from ``xa``.
+        xa (Tensor[b, C, H, W]): the input that requires grad.
+        cotangents (Tensor[2, b, K]): the chosen class's one-hot rows and their complements.
+
+    Returns:
+        Tensor[2, b, C, H, W]: ``cotangents[i]^T d out / d xa`` for ``i = 0, 1``.
+    """
+    return torch.autograd.grad(out, xa, cotangents, retain_graph=retain_graph, is_grads_batched=True)[0]
 
 
 def raises_chosen_class(targeted: bool, theta: float) -> bool:
@@ -236,8 +328,11 @@ def eval_mode(model):
             module.training = training
 
 
-def check_model_output(out, batch: int, classes: Tensor, name: str) -> None:
-    """The model's first output: a (B, K) floating tensor, K >= 2, and every label < K."""
+def check_model_output(out, batch: int, classes, name: str) -> Tensor:
+    """The model's first output: a (B, K) floating tensor, K >= 2, and every label < K.
+
+    ``classes`` is the (B,) tensor of labels, or a function of ``K`` that returns it (a default
+    target such as ``(y + 1) % K`` known only once the model has run); returns the labels."""
     if not isinstance(out, Tensor) or not out.is_floating_point():
         got = f"{out.dtype} tensor" if isinstance(out, Tensor) else type(out).__name__
         raise TypeError(f"jsma: expected `model` to return one floating (B, K) tensor of outputs, but got {got}")
@@ -245,9 +340,12 @@ def check_model_output(out, batch: int, classes: Tensor, name: str) -> None:
         raise ValueError(
             f"jsma: expected `model` to return (B, K) outputs with K >= 2 classes, but got shape {tuple(out.shape)}"
         )
+    if callable(classes):
+        classes = classes(out.shape[1])
     bad = (classes < 0) | (classes >= out.shape[1])
     if bool(bad.any()):
         raise ValueError(
             f"jsma: expected every label in `{name}` in [0, {out.shape[1]}) (the model has {out.shape[1]} classes),"
             f" but got {classes[bad][0].item()}"
         )
+    return classes

@@ -245,3 +245,34 @@ def test_plain_functions_no_grad_and_inference_mode():
         ref = reference.jsma(model, x.clone(), y.clone(), gamma=0.5)
     _assert_same_result(got, expected)
     _assert_same_result(ref, expected)
+
+
+class _NumpyCube(torch.autograd.Function):
+    """x ** 3 with a backward through NumPy: vmap cannot batch it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.from_numpy(3 * (x * x).numpy() * grad.numpy())
+
+
+def test_model_whose_backward_cannot_be_batched():
+    # The attack takes both products in one batched backward; a model whose backward vmap cannot
+    # run gets two separate ones, with the same result.
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 3)
+    model = lambda z: linear(_NumpyCube.apply(z.flatten(1) - 0.5))  # noqa: E731
+    x = torch.rand(5, 1, 4, 4)
+    y = model(x).argmax(1)
+    xa = x.clone().requires_grad_(True)
+    with pytest.raises(RuntimeError):
+        attacks.vjp(model(xa), xa, torch.ones(2, 5, 3))
+    for kwargs in ({}, {"targeted": True, "target": (y + 1) % 3}):
+        got = attacks.jsma(model, x, y, gamma=0.5, **kwargs)
+        _assert_same_result(got, reference.jsma(model, x, y, gamma=0.5, **kwargs))
+        assert (got.iterations > 0).all()
