@@ -1,7 +1,9 @@
 // The fused RPCA iteration for small matrices, shared by the CPU kernel (L
 // matrices per SIMD lane group, lanes refilled as matrices finish) and the
-// CUDA kernel (one matrix per thread, L = 1). See csrc/rpca.cpp for the maths
-// of both methods (kAlternating, the default, and kApg).
+// CUDA kernels (the thread design: one matrix per thread, L = 1; the group
+// design, a warp per matrix, through the per-element and per-matrix helpers
+// below). See csrc/rpca.cpp for the maths of both methods (kAlternating, the
+// default, and kApg).
 //
 // Each lane holds one matrix, exactly rescaled by a power of two at load (the
 // problem is homogeneous: L, S and mu scale with X). The SVT step warm-starts

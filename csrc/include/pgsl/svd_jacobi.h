@@ -4,8 +4,10 @@
 // The routines work on L independent matrices at once ("lanes"): element (r, c)
 // of lane l lives at A[(c * M + r) * L + l], columns contiguous, lanes
 // innermost. The CPU runs L = kCpuLanes<T> matrices (cpu/simd_clones.h: one
-// 64-byte vector of T per step); a CUDA thread runs L = 1. Every decision is taken per lane, so a lane's result
-// never depends on the others in its group.
+// 64-byte vector of T per step); CUDA's thread design runs L = 1 per thread. Every decision is taken per lane,
+// so a lane's result never depends on the others in its group. CUDA's group design
+// (cuda/small_matrix_group.cuh, a warp per matrix) runs the same sweeps in round-robin order
+// from the per-pair and per-column pieces: jacobi_rotation, round_robin_pair, shrink_column_factor.
 //
 // Work matrices are M x N with M >= N (a wide input is handled as its
 // transpose). Orthogonalising the columns of A by plane rotations from the
