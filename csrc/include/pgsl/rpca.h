@@ -166,8 +166,8 @@ PGSL_HOST_DEVICE void rpca_reorthonormalize_v(RpcaLanes<T, L>& s, int64_t N) {
 }
 
 // The maths of one element and of one matrix's scalars, shared by the lane
-// loops below and by the CUDA group kernel (cuda/small_matrix_group.cuh), which
-// spreads a matrix's elements over a warp: the same expressions, so the same
+// loops below and by the CUDA group kernel (cuda/rpca_kernel.cu, group_rpca_kernel),
+// which spreads a matrix's elements over a warp: the same expressions, so the same
 // rounding per element (only the order of the sums over elements differs).
 
 // The momentum point cur + beta (cur - prev) of FISTA.
