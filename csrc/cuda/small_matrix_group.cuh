@@ -22,6 +22,7 @@
 // the same code through plain pointers.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cuda_types.cuh"
@@ -68,7 +69,8 @@ inline GroupLayout group_layout(const SmallBatchGeometry& g, int element_bytes, 
   layout.ldv = int(N | 1);
   layout.state_arrays = state_arrays;
   layout.elements = layout.lda * N + layout.ldv * N + state_arrays * M * N;
-  const int64_t fit = max_dynamic_shared_bytes() / (layout.elements * element_bytes);
+  // Empty matrices (n = 0) need no storage but still a launch: svt reports kept = 0 for them.
+  const int64_t fit = max_dynamic_shared_bytes() / std::max<int64_t>(layout.elements * element_bytes, 1);
   layout.shared = fit >= 1;
   layout.groups_per_block = int(fit >= kGroupsPerBlock || !layout.shared ? kGroupsPerBlock : fit);
   layout.blocks = blocks_for(g.batch, layout.groups_per_block);

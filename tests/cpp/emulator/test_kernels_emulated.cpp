@@ -362,21 +362,27 @@ void small_rpca_emulated(const Tensor& x3, const pgsl::RpcaParams& p) {
 // The launch settings the svt and rpca kernels run under: the thread design at both grid
 // caps; the group design with its matrices in shared memory (4 per block, then fewer per
 // block at a lowered shared-memory cap) and in its global workspace (a cap of 1 byte), the
-// grid capped at one block where the batch spans several.
+// grid capped at one block where the batch spans several. The emulator runs a warp's
+// collectives lane by lane, so the group runs keep the emulated work down: a batch just
+// large enough for several grid-stride steps, rpca capped at 40 iterations (some matrices
+// converge, some stop at the cap), and only the default placement over every rpca option.
 struct SmallMatrixRun {
   pgsl::SmallMatrixDesign design;
   unsigned grid_cap, shared_cap;
+  int64_t svt_batch, rpca_batch;  // of the multi-block shape
+  int64_t rpca_max_iter;
+  bool every_rpca_option;         // else fixed mu and a cold start only
   std::string describe() const {
     return std::string(design == pgsl::SmallMatrixDesign::kGroup ? " group" : " thread") + " grid cap " +
            std::to_string(grid_cap) + " shared cap " + std::to_string(shared_cap);
   }
 };
 const SmallMatrixRun kSmallMatrixRuns[] = {
-    {pgsl::SmallMatrixDesign::kThread, kDefaultGridCap, 0},
-    {pgsl::SmallMatrixDesign::kThread, kLoweredGridCap, 0},
-    {pgsl::SmallMatrixDesign::kGroup, kDefaultGridCap, 0},
-    {pgsl::SmallMatrixDesign::kGroup, kLoweredGridCap, 1000},
-    {pgsl::SmallMatrixDesign::kGroup, kLoweredGridCap, 1},
+    {pgsl::SmallMatrixDesign::kThread, kDefaultGridCap, 0, 70, 66, 1000, true},
+    {pgsl::SmallMatrixDesign::kThread, kLoweredGridCap, 0, 70, 66, 1000, true},
+    {pgsl::SmallMatrixDesign::kGroup, kDefaultGridCap, 0, 9, 6, 40, true},
+    {pgsl::SmallMatrixDesign::kGroup, kLoweredGridCap, 1000, 9, 6, 40, false},
+    {pgsl::SmallMatrixDesign::kGroup, kLoweredGridCap, 1, 9, 6, 40, false},
 };
 
 // Tolerances: the thread design runs the CPU kernel's per-matrix code (one lane instead of a
@@ -400,7 +406,7 @@ void svt_tests() {
     emu::set_shared_cap(run.shared_cap);
     for (at::ScalarType dtype : kReal) {
       for (const std::vector<int64_t>& shape :
-           {std::vector<int64_t>{0, 4, 4}, {5, 7, 3}, {3, 4, 9}, {70, 5, 5}}) {
+           {std::vector<int64_t>{0, 4, 4}, {5, 7, 3}, {3, 4, 9}, {run.svt_batch, 5, 5}}) {
         for (const char* layout : {"contiguous", "transposed", "sliced"}) {
           const Tensor x = matrices(shape, dtype, layout, 6);
           const Tensor tau = at::rand({shape[0]}).to(dtype);
@@ -439,13 +445,15 @@ void rpca_tests() {
     emu::set_grid_cap(run.grid_cap);
     emu::set_shared_cap(run.shared_cap);
     for (at::ScalarType dtype : kReal) {
-      for (const std::vector<int64_t>& shape : {std::vector<int64_t>{0, 4, 4}, {4, 6, 5}, {3, 5, 8}, {66, 4, 3}}) {
+      for (const std::vector<int64_t>& shape :
+           {std::vector<int64_t>{0, 4, 4}, {4, 6, 5}, {3, 5, 8}, {run.rpca_batch, 4, 3}}) {
         const Tensor x = matrices(shape, dtype, "transposed", 7);
         // A warm start with its own strides (the kernel reads it through its own geometry).
         const Tensor init = with_layout(0.1 * at::randn(shape, at::kDouble).to(dtype), "sliced");
         for (const char* method : {"alternating", "apg"}) {
           for (std::optional<double> mu : {std::optional<double>(0.55), std::optional<double>()}) {
             for (bool warm : {false, true}) {
+              if (!run.every_rpca_option && (!mu || warm)) continue;
               const std::optional<Tensor> start = warm ? std::optional<Tensor>(init) : std::nullopt;
               const std::string what =
                   describe(x.sizes(), dtype, std::string("rpca ") + method + (mu ? " mu=0.55" : " continuation") +
@@ -457,16 +465,16 @@ void rpca_tests() {
                         run.design == SmallMatrixDesign::kGroup
                             ? pgsl::rpca_op<&small_svt_emulated<SmallMatrixDesign::kGroup>,
                                             &small_rpca_emulated<SmallMatrixDesign::kGroup>>(
-                                  x, start, mu, std::nullopt, 1000, 1e-7, std::nullopt, method, std::nullopt)
+                                  x, start, mu, std::nullopt, run.rpca_max_iter, 1e-7, std::nullopt, method, std::nullopt)
                             : pgsl::rpca_op<&small_svt_emulated<SmallMatrixDesign::kThread>,
                                             &small_rpca_emulated<SmallMatrixDesign::kThread>>(
-                                  x, start, mu, std::nullopt, 1000, 1e-7, std::nullopt, method, std::nullopt);
+                                  x, start, mu, std::nullopt, run.rpca_max_iter, 1e-7, std::nullopt, method, std::nullopt);
                     return std::vector<Tensor>{low, sparse, iters, conv};
                   },
                   what);
               if (out.size() != 4) continue;
               const auto [low, sparse, iters, conv] = pgsl::rpca_op<&pgsl::small_svt_cpu, &pgsl::small_rpca_cpu>(
-                  x, start, mu, std::nullopt, 1000, 1e-7, std::nullopt, method, std::nullopt);
+                  x, start, mu, std::nullopt, run.rpca_max_iter, 1e-7, std::nullopt, method, std::nullopt);
               // More tolerance than svt: the iteration amplifies rounding differences.
               const double rtol = dtype == at::kFloat ? 1e-3 : 1e-9;
               expect_close(out[0], low, rtol, what + " low_rank");
