@@ -373,8 +373,8 @@ struct SmallMatrixRun {
   int64_t rpca_max_iter;
   bool every_rpca_option;         // else fixed mu and a cold start only
   std::string describe() const {
-    return std::string(design == pgsl::SmallMatrixDesign::kGroup ? " group" : " thread") + " grid cap " +
-           std::to_string(grid_cap) + " shared cap " + std::to_string(shared_cap);
+    return std::string(design == pgsl::SmallMatrixDesign::kGroup ? ", group design" : ", thread design") +
+           ", shared cap " + std::to_string(shared_cap);  // describe() names the grid cap
   }
 };
 const SmallMatrixRun kSmallMatrixRuns[] = {
