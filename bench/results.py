@@ -1,7 +1,8 @@
 """The one writer of bench/RESULTS.md: a preamble, then marked sections
 (``<!-- bench:KEY -->`` ... ``<!-- /bench:KEY -->``), one per suite and device. Every suite
 (``bench/bandwidth.py``, ``bench/svt_rpca.py``, ``bench/bench_jsma.py``,
-``bench/bench_rpca_methods.py``, ``bench/bench_train_step.py``, ``scripts/gpu_check.sh``) hands
+``bench/bench_rpca_methods.py``, ``bench/bench_train_step.py``, ``bench/small_matrix_model.py``,
+``scripts/gpu_check.sh``) hands
 its sections to :func:`update_results`, which replaces those and keeps the others (so CUDA results
 from a GPU machine survive a CPU-only rerun).
 """

@@ -54,13 +54,17 @@ def _fmt_time(s: float) -> str:
     return f"{s * 1e3:.2f} ms" if s < 10 else f"{s:.1f} s"
 
 
-def section(device: str, rows: List[dict], data: dict) -> str:
+def section(device: str, rows: List[dict], data: dict, design: Optional[str] = None) -> str:
+    """``design``: the small-matrix CUDA kernel design the run used (PGSL_SMALL_MATRIX_KERNEL),
+    which then names the section, so that scripts/gpu_check.sh records both side by side."""
     rows = [r for r in rows if r["device"] == device]
     times = {(r["op"], r["shape"], r["provider"]): r["median"] for r in rows}
     env = data.get("machine_info", {}).get("pgsl_bench") or environment()  # as measured
+    key = f"svt-rpca-{device}" + (f"-{design}" if design else "")
+    title = device.upper() + (f", PGSL_SMALL_MATRIX_KERNEL={design}" if design else "")
     lines = [
-        f"<!-- bench:svt-rpca-{device} -->",
-        f"## svt and rpca ({device.upper()})",
+        f"<!-- bench:{key} -->",
+        f"## svt and rpca ({title})",
         "",
         f"- date: {data.get('datetime', '?')} (UTC); machine: {env.get('cpu_model')}, {env.get('cpu_count')} cores; "
         f"GPU: {env.get('gpu') or 'none'}; torch {env.get('torch')}; commit `{env.get('git_commit')}`",
@@ -104,13 +108,19 @@ def section(device: str, rows: List[dict], data: dict) -> str:
         name = f"**{r['provider']}**" if r["provider"].startswith("pgsl_ext") else r["provider"]
         lines.append(f"| {r['op']} | {r['shape']} | {name} | {_fmt_time(r['median'])} | {speedup:.2f}x | "
                      f"{err} | {'-' if math.isnan(floor) else f'{100 * floor:.1f}%'} | {its} |")
-    lines += ["", f"<!-- /bench:svt-rpca-{device} -->", ""]
+    lines += ["", f"<!-- /bench:{key} -->", ""]
     return "\n".join(lines)
 
 
-def sections(json_path: Path) -> Dict[str, str]:
+def sections(json_path: Path, design: Optional[str] = None) -> Dict[str, str]:
+    """The CPU and CUDA sections of a run; ``design`` names the CUDA one (see section())."""
     rows, data = load(json_path)
-    return {f"svt-rpca-{d}": section(d, rows, data) for d in ("cpu", "cuda") if any(r["device"] == d for r in rows)}
+    out = {}
+    for d in ("cpu", "cuda"):
+        if any(r["device"] == d for r in rows):
+            named = design if d == "cuda" else None
+            out[f"svt-rpca-{d}" + (f"-{named}" if named else "")] = section(d, rows, data, named)
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -7,7 +7,8 @@
 #   3. the CMake build and its C++ tests (ops.cuda compares the CUDA kernels with the CPU ones),
 #      PGSL_REQUIRE_CUDA=1;
 #   4. the GPU benchmarks (bandwidth ops, svt/rpca, jsma: pgsl_ext against torch, whose
-#      linalg on CUDA is cuSOLVER) into bench/RESULTS.md, CPU sections untouched;
+#      linalg on CUDA is cuSOLVER) into bench/RESULTS.md, CPU sections untouched; svt/rpca
+#      once per small-matrix kernel design (PGSL_SMALL_MATRIX_KERNEL=group, then thread);
 #   5. a "GPU check" section in bench/RESULTS.md: date, device, driver, torch, commit, and the
 #      time and result of every step.
 # Exits non-zero if there is no GPU (checking nothing), or if any step fails.
@@ -81,17 +82,22 @@ step "CMake build + ctest (PGSL_REQUIRE_CUDA=1)" \
       BUILD_DIR=build/gpu-check CTEST_ARGS="--parallel $JOBS" bash scripts/cmake_test.sh
 
 # ---------------------------------------------------------------------------- 4. benchmarks
-bench_svt_cuda() {
-  "$VPY" - <<'EOF'
+bench_svt_cuda() {  # bench_svt_cuda DESIGN: one small-matrix kernel design (README, CUDA)
+  PGSL_SMALL_MATRIX_KERNEL="$1" "$VPY" - "$1" <<'EOF'
+import sys
 from bench import results, svt_rpca
-svt_rpca.run(svt_rpca.DEFAULT_JSON, ["-m", "cuda"])
-sections = {k: v for k, v in svt_rpca.sections(svt_rpca.DEFAULT_JSON).items() if k.endswith("cuda")}
+design = sys.argv[1]
+json_path = svt_rpca.DEFAULT_JSON.with_name(f"svt-cuda-{design}.json")
+svt_rpca.run(json_path, ["-m", "cuda"])
+sections = {k: v for k, v in svt_rpca.sections(json_path, design).items() if "-cuda-" in k}
 assert sections, "no CUDA svt/rpca benchmark ran"
 results.update_results(results.DEFAULT_RESULTS, sections)
 EOF
 }
 step "benchmarks: bandwidth ops (CUDA)" "$VPY" -m bench.table --suite bandwidth -- -m cuda
-step "benchmarks: svt / rpca (CUDA)" bench_svt_cuda
+# Both small-matrix svt / rpca designs, side by side in bench/RESULTS.md.
+step "benchmarks: svt / rpca (CUDA, group design)" bench_svt_cuda group
+step "benchmarks: svt / rpca (CUDA, thread design)" bench_svt_cuda thread
 step "benchmarks: jsma (CUDA)" env PYTHONPATH="$ROOT" "$VPY" bench/bench_jsma.py --cuda-only --write bench/RESULTS.md
 
 # ---------------------------------------------------------------------------- 5. the record

@@ -157,3 +157,50 @@ def test_requirements_txt_is_pyproject_toml():
         f"requirements.txt and pyproject.toml disagree: only in requirements.txt {sorted(set(listed) - set(expected))}, "
         f"only in pyproject.toml {sorted(set(expected) - set(listed))}"
     )
+
+
+# The small-matrix svt / rpca kernels of the "group" design (csrc/cuda/small_matrix_group.cuh)
+# and the registers each may use: the most that keeps the occupancy target of 32 resident warps
+# per SM with blocks of 4 warps (float32: 65536 / (32 * 32) = 64), and float64's cap of 4 blocks
+# per SM (128), whose shared memory limits it to fewer warps anyway (bench/RESULTS.md).
+GROUP_KERNEL_REGISTERS = {
+    "group_svt_kernelIf": 64,
+    "group_svt_kernelId": 128,
+    "group_rpca_kernelIf": 64,
+    "group_rpca_kernelId": 128,
+}
+
+
+def test_small_matrix_group_kernels_have_no_stack_frame_and_fit_the_registers(setup_py, tmp_path):
+    """ptxas -v (sm_90) on the two .cu files: no local-memory stack frame, no spills, registers
+    within the occupancy target's budget. Runs wherever nvcc is, GPU or not (CI has one)."""
+    cuda_home = setup_py.find_cuda_home()
+    if cuda_home is None:
+        pytest.skip("no CUDA toolkit (nvcc) found: ptxas's register and stack report needs one")
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    flags = ["-O3", "-std=c++20", *setup_py.NVCC_FLAGS, *setup_py.cpp_extension.COMMON_NVCC_FLAGS]
+    report = ""
+    for name in ("svt_kernel.cu", "rpca_kernel.cu"):
+        result = subprocess.run(
+            [nvcc, *flags, "-arch=sm_90", "-Xptxas", "-v", "-I", str(ROOT / "csrc" / "include"),
+             "-I", str(ROOT / "csrc" / "cuda"), "-c", str(ROOT / "csrc" / "cuda" / name),
+             "-o", str(tmp_path / (name + ".o"))],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert result.returncode == 0, f"nvcc failed on {name}:\n{result.stdout}{result.stderr}"
+        report += result.stdout + result.stderr
+    # Per entry function: "Compiling entry function '<mangled>'", then its stack and registers.
+    kernels = {}
+    for entry in re.split(r"Compiling entry function ", report)[1:]:
+        mangled = re.match(r"'(\S+)'", entry).group(1)
+        stack = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", entry)
+        registers = re.search(r"Used (\d+) registers", entry)
+        assert stack and registers, f"unexpected ptxas report for {mangled}:\n{entry}"
+        kernels[mangled] = (int(registers.group(1)), *map(int, stack.groups()))
+    for kernel, budget in GROUP_KERNEL_REGISTERS.items():
+        found = [(m, v) for m, v in kernels.items() if kernel in m]
+        assert len(found) == 1, f"ptxas reported {len(found)} entry functions matching {kernel}: {sorted(kernels)}"
+        mangled, (registers, stack, spill_stores, spill_loads) = found[0]
+        assert (stack, spill_stores, spill_loads) == (0, 0, 0), (
+            f"{mangled}: {stack} bytes stack frame, {spill_stores} / {spill_loads} bytes spilled; expected none")
+        assert registers <= budget, f"{mangled}: {registers} registers; expected at most {budget}"

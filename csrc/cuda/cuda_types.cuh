@@ -56,6 +56,21 @@ inline unsigned blocks_for(int64_t work, int threads) {
   return static_cast<unsigned>(blocks < max_grid_blocks() ? blocks : max_grid_blocks());
 }
 
+// The dynamic shared memory a block may use without opting in
+// (cudaFuncAttributeMaxDynamicSharedMemorySize), on every GPU since Volta.
+// The emulator's tests lower it, so that every placement of a kernel's data
+// (shared memory or its global workspace) runs.
+constexpr int64_t kMaxDynamicSharedBytes = 48 * 1024;
+
+inline int64_t max_dynamic_shared_bytes() {
+#if defined(PGSL_CUDA_EMULATION)
+  const int64_t cap = ::pgsl::emu::shared_cap();  // 0: not lowered
+  return cap > 0 ? cap : kMaxDynamicSharedBytes;
+#else
+  return kMaxDynamicSharedBytes;
+#endif
+}
+
 // Kernel<<<grid, block, shared_bytes, stream>>>(args...), or its emulation.
 template <auto Kernel, typename... Args>
 inline void launch_kernel(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,

@@ -11,6 +11,8 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#include <string_view>
+
 #include "pgsl/elementwise_params.h"
 #include "pgsl/jsma.h"
 #include "pgsl/pixel_unshuffle.h"
@@ -38,13 +40,33 @@ cudaError_t launch_jsma_saliency_search(ScalarKind kind, const JsmaSearchParams&
                                         const bool* domain, void* workspace, int64_t* p_out,
                                         int64_t* q_out, bool* found, cudaStream_t stream);
 
-// Small-matrix SVT and RPCA, one matrix per thread (pgsl/svd_jacobi.h and
-// pgsl/rpca.h with L = 1). `workspace` holds small_*_workspace(p.g) elements
-// of the matrix dtype.
-int64_t small_svt_workspace(const SmallBatchGeometry& g);
-cudaError_t launch_small_svt(const SvtParams& p, void* workspace, cudaStream_t stream);
+// Small-matrix SVT and RPCA (pgsl/svd_jacobi.h, pgsl/rpca.h) in two designs:
+//   kThread: one matrix per thread (the CPU kernel's code with L = 1), the
+//            matrix in a global workspace;
+//   kGroup:  one warp per matrix, the matrix in shared memory
+//            (small_matrix_group.cuh).
+// `workspace` holds small_*_workspace(p, design) elements of the matrix dtype.
+enum class SmallMatrixDesign : int { kThread = 0, kGroup = 1 };
 
-int64_t small_rpca_workspace(const SmallBatchGeometry& g);
-cudaError_t launch_small_rpca(const RpcaParams& p, void* workspace, cudaStream_t stream);
+// The design named by `text` ("thread" or "group"); false for any other text.
+inline bool parse_small_matrix_design(const char* text, SmallMatrixDesign& design) {
+  const std::string_view name = text;
+  if (name == "thread") design = SmallMatrixDesign::kThread;
+  else if (name == "group") design = SmallMatrixDesign::kGroup;
+  else return false;
+  return true;
+}
+
+// The design the CUDA ops use: $PGSL_SMALL_MATRIX_KERNEL, "group" when unset
+// (read once per process, in svt_cuda.cpp; an unknown name raises).
+constexpr const char* kSmallMatrixDesignVariable = "PGSL_SMALL_MATRIX_KERNEL";
+SmallMatrixDesign small_matrix_design();
+
+int64_t small_svt_workspace(const SvtParams& p, SmallMatrixDesign design);
+cudaError_t launch_small_svt(const SvtParams& p, SmallMatrixDesign design, void* workspace, cudaStream_t stream);
+
+int64_t small_rpca_workspace(const RpcaParams& p, SmallMatrixDesign design);
+cudaError_t launch_small_rpca(const RpcaParams& p, SmallMatrixDesign design, void* workspace,
+                              cudaStream_t stream);
 
 }  // namespace pgsl

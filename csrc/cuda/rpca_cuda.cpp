@@ -14,8 +14,9 @@ namespace pgsl {
 
 void small_rpca_cuda(const at::Tensor& x3, const RpcaParams& p) {
   const c10::cuda::CUDAGuard guard(x3.device());
-  at::Tensor workspace = at::empty({small_rpca_workspace(p.g)}, x3.options());
-  C10_CUDA_CHECK(launch_small_rpca(p, workspace.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  const SmallMatrixDesign design = small_matrix_design();
+  at::Tensor workspace = at::empty({small_rpca_workspace(p, design)}, x3.options());
+  C10_CUDA_CHECK(launch_small_rpca(p, design, workspace.data_ptr(), c10::cuda::getCurrentCUDAStream()));
 }
 
 TORCH_LIBRARY_IMPL(pgsl_ext, CUDA, m) { m.impl("rpca", &rpca_op<&small_svt_cuda, &small_rpca_cuda>); }

@@ -7,15 +7,29 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+
 #include "../svt.h"
 #include "launchers.h"
 
 namespace pgsl {
 
+SmallMatrixDesign small_matrix_design() {
+  static const SmallMatrixDesign design = [] {
+    const char* text = std::getenv(kSmallMatrixDesignVariable);
+    SmallMatrixDesign parsed = SmallMatrixDesign::kGroup;
+    TORCH_CHECK(text == nullptr || parse_small_matrix_design(text, parsed), kSmallMatrixDesignVariable, " is '",
+                text, "'; expected 'group' (one warp per matrix, the default) or 'thread' (one thread per matrix)");
+    return parsed;
+  }();
+  return design;
+}
+
 void small_svt_cuda(const at::Tensor& x3, const SvtParams& p) {
   const c10::cuda::CUDAGuard guard(x3.device());
-  at::Tensor workspace = at::empty({small_svt_workspace(p.g)}, x3.options());
-  C10_CUDA_CHECK(launch_small_svt(p, workspace.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  const SmallMatrixDesign design = small_matrix_design();
+  at::Tensor workspace = at::empty({small_svt_workspace(p, design)}, x3.options());
+  C10_CUDA_CHECK(launch_small_svt(p, design, workspace.data_ptr(), c10::cuda::getCurrentCUDAStream()));
 }
 
 TORCH_LIBRARY_IMPL(pgsl_ext, CUDA, m) {

@@ -402,6 +402,29 @@ void jacobi_rotation_tests() {
   jacobi_rotation_cases<double>();
 }
 
+// Each round of the round-robin ordering is a set of disjoint pairs, and a sweep's rounds meet
+// every pair of columns exactly once (the group design's sweeps rest on both).
+void round_robin_pair_tests() {
+  for (int n_even = 2; n_even <= pgsl::kJacobiMaxN; n_even += 2) {
+    std::vector<int> met(n_even * n_even, 0);
+    for (int round = 0; round + 1 < n_even; ++round) {
+      std::vector<int> used(n_even, 0);
+      for (int p = 0; p < n_even / 2; ++p) {
+        int i = -1, j = -1;
+        pgsl::round_robin_pair(n_even, round, p, i, j);
+        EXPECT(0 <= i && i < j && j < n_even);
+        if (!(0 <= i && i < j && j < n_even)) return;
+        used[i] += 1;
+        used[j] += 1;
+        met[i * n_even + j] += 1;
+      }
+      for (int c = 0; c < n_even; ++c) EXPECT_EQ(used[c], 1);
+    }
+    for (int i = 0; i < n_even; ++i)
+      for (int j = i + 1; j < n_even; ++j) EXPECT_EQ(met[i * n_even + j], 1);
+  }
+}
+
 void svt_scalars_tests() {
   EXPECT_EQ(pgsl::svt_shrink_factor<double>(4.0, 1.0), 0.75);
   EXPECT_EQ(pgsl::svt_shrink_factor<double>(1.0, 1.0), 0.0);
@@ -541,6 +564,7 @@ int main(int argc, char** argv) {
       {"jsma_bound", jsma_bound_tests},
       {"jsma_order", jsma_order_tests},
       {"jacobi_rotation", jacobi_rotation_tests},
+      {"round_robin_pair", round_robin_pair_tests},
       {"svt_scalars", svt_scalars_tests},
       {"svt_group", svt_group_tests},
       {"svt_group_non_finite_lane", svt_group_non_finite_lane_tests},

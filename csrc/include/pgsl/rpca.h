@@ -1,7 +1,9 @@
 // The fused RPCA iteration for small matrices, shared by the CPU kernel (L
 // matrices per SIMD lane group, lanes refilled as matrices finish) and the
-// CUDA kernel (one matrix per thread, L = 1). See csrc/rpca.cpp for the maths
-// of both methods (kAlternating, the default, and kApg).
+// CUDA kernels (the thread design: one matrix per thread, L = 1; the group
+// design, a warp per matrix, through the per-element and per-matrix helpers
+// below). See csrc/rpca.cpp for the maths of both methods (kAlternating, the
+// default, and kApg).
 //
 // Each lane holds one matrix, exactly rescaled by a power of two at load (the
 // problem is homogeneous: L, S and mu scale with X). The SVT step warm-starts
@@ -163,6 +165,70 @@ PGSL_HOST_DEVICE void rpca_reorthonormalize_v(RpcaLanes<T, L>& s, int64_t N) {
   }
 }
 
+// The maths of one element and of one matrix's scalars, shared by the lane
+// loops below and by the CUDA group kernel (cuda/rpca_kernel.cu, group_rpca_kernel),
+// which spreads a matrix's elements over a warp: the same expressions, so the same
+// rounding per element (only the order of the sums over elements differs).
+
+// The momentum point cur + beta (cur - prev) of FISTA.
+template <typename T>
+PGSL_HOST_DEVICE T momentum_point(T cur, T prev, T beta) {
+  return cur + beta * (cur - prev);
+}
+
+// The alternating method after the SVT, for one element: L from the shrunk
+// reconstruction v (in residual form, v is the part removed from X - Y), S by
+// soft thresholding, and the terms of the residual and the restart test.
+template <typename T>
+struct AlternatingUpdate {
+  T low, sparse, step2, descent;
+};
+template <typename T>
+PGSL_HOST_DEVICE AlternatingUpdate<T> alternating_update(T x, T y, T s_prev, T v, bool residual, T shrink) {
+  const T low = residual ? (x - y) - v : v;
+  const T sparse = soft_threshold_value<T>(x - low, shrink);
+  const T step = sparse - y;
+  return {low, sparse, step * step, step * (sparse - s_prev)};
+}
+
+// The APG gradient step at (YL, YS): the SVT input and the soft-thresholding input.
+template <typename T>
+PGSL_HOST_DEVICE T apg_low_rank_input(T yl, T ys, T x) {
+  return yl - T(0.5) * (yl + ys - x);
+}
+template <typename T>
+PGSL_HOST_DEVICE T apg_sparse_input(T yl, T ys, T x) {
+  return ys - T(0.5) * (yl + ys - x);
+}
+
+// The APG optimality residual of one element, squared.
+template <typename T>
+PGSL_HOST_DEVICE T apg_residual2(T lk, T sk, T yl, T ys) {
+  const T excess = lk + sk - yl - ys;
+  const T rl = T(2) * (yl - lk) + excess;
+  const T rs = T(2) * (ys - sk) + excess;
+  return rl * rl + rs * rs;
+}
+
+// The end of an iteration for one matrix, both methods (the APG never
+// restarts): the stopping test, the continuation of mu, FISTA's t, the count.
+template <typename T>
+PGSL_HOST_DEVICE void rpca_end_iteration(T res2, T x_norm, T tol, bool continuation, bool restart,
+                                         int64_t max_iter, T& mu, T mu_floor, T& t, T& tp, int64_t& iter,
+                                         bool& done, bool& converged) {
+  const bool small = std::sqrt(res2) < tol * x_norm;
+  const bool ok = small && (!continuation || mu <= mu_floor);
+  if (continuation) {
+    const T next = T(kContinuationDecay) * mu;
+    mu = next > mu_floor ? next : mu_floor;
+  }
+  tp = restart ? T(1) : t;
+  t = restart ? T(1) : (T(1) + std::sqrt(T(1) + T(4) * t * t)) / T(2);
+  iter += 1;
+  converged = ok;
+  done = ok || iter >= max_iter;
+}
+
 // One iteration of the alternating method on every lane:
 //     Y = S_k + beta_k (S_k - S_{k-1})
 //     L = svt(X - Y, mu),  S_{k+1} = soft_threshold(X - L, lam mu)
@@ -188,7 +254,7 @@ PGSL_HOST_DEVICE void rpca_alternating_step(RpcaLanes<T, L>& s, int64_t M, int64
     for (int l = 0; l < L; ++l) {
       const int64_t k = e * L + l;
       const T sk = s.Sk[k];
-      const T y = sk + beta[l] * (sk - s.Sp[k]);
+      const T y = momentum_point<T>(sk, s.Sp[k], beta[l]);
       s.Sp[k] = sk;
       s.YS[k] = y;
       s.A[k] = s.X[k] - y;
@@ -206,29 +272,15 @@ PGSL_HOST_DEVICE void rpca_alternating_step(RpcaLanes<T, L>& s, int64_t M, int64
   for (int l = 0; l < L; ++l) res2[l] = descent[l] = T(0);
   reconstruct<T, L>(s.A, s.V, M, N, [&](int l, int64_t r, int64_t c, T v) {
     const int64_t k = (c * M + r) * L + l;
-    const T x = s.X[k], y = s.YS[k];
-    const T low = residual[l] ? (x - y) - v : v;
-    const T sparse = soft_threshold_value<T>(x - low, shrink_s[l]);
-    const T step = sparse - y;
-    s.Lk[k] = low;
-    s.Sk[k] = sparse;
-    res2[l] += step * step;
-    descent[l] += step * (sparse - s.Sp[k]);
+    const AlternatingUpdate<T> u = alternating_update<T>(s.X[k], s.YS[k], s.Sp[k], v, residual[l], shrink_s[l]);
+    s.Lk[k] = u.low;
+    s.Sk[k] = u.sparse;
+    res2[l] += u.step2;
+    descent[l] += u.descent;
   });
-  for (int l = 0; l < L; ++l) {
-    const bool small = std::sqrt(res2[l]) < tol * s.x_norm[l];
-    const bool ok = small && (!continuation || s.mu[l] <= s.mu_floor[l]);
-    if (continuation) {
-      const T next = T(kContinuationDecay) * s.mu[l];
-      s.mu[l] = next > s.mu_floor[l] ? next : s.mu_floor[l];
-    }
-    const bool restart = descent[l] < T(0);
-    s.tp[l] = restart ? T(1) : s.t[l];
-    s.t[l] = restart ? T(1) : (T(1) + std::sqrt(T(1) + T(4) * s.t[l] * s.t[l])) / T(2);
-    s.iter[l] += 1;
-    converged[l] = ok;
-    done[l] = ok || s.iter[l] >= max_iter;
-  }
+  for (int l = 0; l < L; ++l)
+    rpca_end_iteration<T>(res2[l], s.x_norm[l], tol, continuation, descent[l] < T(0), max_iter, s.mu[l],
+                          s.mu_floor[l], s.t[l], s.tp[l], s.iter[l], done[l], converged[l]);
 }
 
 // One APG iteration on every lane. On return, done[l] says lane l has
@@ -250,15 +302,14 @@ PGSL_HOST_DEVICE void rpca_apg_step(RpcaLanes<T, L>& s, int64_t M, int64_t N, T 
     for (int l = 0; l < L; ++l) {
       const int64_t k = e * L + l;
       const T lk = s.Lk[k], sk = s.Sk[k];
-      const T yl = lk + beta[l] * (lk - s.Lp[k]);
-      const T ys = sk + beta[l] * (sk - s.Sp[k]);
-      const T half_grad = T(0.5) * (yl + ys - s.X[k]);
+      const T yl = momentum_point<T>(lk, s.Lp[k], beta[l]);
+      const T ys = momentum_point<T>(sk, s.Sp[k], beta[l]);
       s.Lp[k] = lk;
       s.Sp[k] = sk;
       s.YL[k] = yl;
       s.YS[k] = ys;
-      s.A[k] = yl - half_grad;
-      s.Sk[k] = soft_threshold_value<T>(ys - half_grad, shrink_s[l]);
+      s.A[k] = apg_low_rank_input<T>(yl, ys, s.X[k]);
+      s.Sk[k] = soft_threshold_value<T>(apg_sparse_input<T>(yl, ys, s.X[k]), shrink_s[l]);
     }
   }
   // The nuclear-norm prox: warm-started Jacobi SVT of A into Lk.
@@ -270,8 +321,7 @@ PGSL_HOST_DEVICE void rpca_apg_step(RpcaLanes<T, L>& s, int64_t M, int64_t N, T 
   reconstruct<T, L>(s.A, s.V, M, N, [&](int l, int64_t r, int64_t c, T v) {
     const int64_t k = (c * M + r) * L + l;
     // The SVT input, recomputed exactly as it was formed above, for the residual form.
-    const T yl = s.YL[k];
-    const T input = yl - T(0.5) * (yl + s.YS[k] - s.X[k]);
+    const T input = apg_low_rank_input<T>(s.YL[k], s.YS[k], s.X[k]);
     s.Lk[k] = residual[l] ? input - v : v;
   });
   // Residual of the optimality conditions, FISTA and continuation updates.
@@ -282,25 +332,12 @@ PGSL_HOST_DEVICE void rpca_apg_step(RpcaLanes<T, L>& s, int64_t M, int64_t N, T 
     PGSL_SIMD
     for (int l = 0; l < L; ++l) {
       const int64_t k = e * L + l;
-      const T excess = s.Lk[k] + s.Sk[k] - s.YL[k] - s.YS[k];
-      const T rl = T(2) * (s.YL[k] - s.Lk[k]) + excess;
-      const T rs = T(2) * (s.YS[k] - s.Sk[k]) + excess;
-      res2[l] += rl * rl + rs * rs;
+      res2[l] += apg_residual2<T>(s.Lk[k], s.Sk[k], s.YL[k], s.YS[k]);
     }
   }
-  for (int l = 0; l < L; ++l) {
-    const bool small = std::sqrt(res2[l]) < tol * s.x_norm[l];
-    const bool ok = small && (!continuation || s.mu[l] <= s.mu_floor[l]);
-    if (continuation) {
-      const T next = T(kContinuationDecay) * s.mu[l];
-      s.mu[l] = next > s.mu_floor[l] ? next : s.mu_floor[l];
-    }
-    s.tp[l] = s.t[l];
-    s.t[l] = (T(1) + std::sqrt(T(1) + T(4) * s.t[l] * s.t[l])) / T(2);
-    s.iter[l] += 1;
-    converged[l] = ok;
-    done[l] = ok || s.iter[l] >= max_iter;
-  }
+  for (int l = 0; l < L; ++l)
+    rpca_end_iteration<T>(res2[l], s.x_norm[l], tol, continuation, false, max_iter, s.mu[l], s.mu_floor[l],
+                          s.t[l], s.tp[l], s.iter[l], done[l], converged[l]);
 }
 
 template <typename T, int L>

@@ -21,6 +21,14 @@ struct SmallBatchGeometry {
   PGSL_HOST_DEVICE int64_t out_offset(int64_t i, int64_t r, int64_t c) const {
     return i * m * n + (wide() ? c * n + r : r * n + c);
   }
+  // The work coordinates of element o of a matrix in the output's order
+  // (out_offset(i, r, c) == i * m * n + o): threads that walk o together walk
+  // the output, and a contiguous input, contiguously.
+  PGSL_HOST_DEVICE void out_coords(int o, int& r, int& c) const {
+    const int row = o / int(n), col = o % int(n);
+    r = wide() ? col : row;
+    c = wide() ? row : col;
+  }
 };
 
 }  // namespace pgsl

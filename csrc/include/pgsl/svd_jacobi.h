@@ -4,8 +4,10 @@
 // The routines work on L independent matrices at once ("lanes"): element (r, c)
 // of lane l lives at A[(c * M + r) * L + l], columns contiguous, lanes
 // innermost. The CPU runs L = kCpuLanes<T> matrices (cpu/simd_clones.h: one
-// 64-byte vector of T per step); a CUDA thread runs L = 1. Every decision is taken per lane, so a lane's result
-// never depends on the others in its group.
+// 64-byte vector of T per step); CUDA's thread design runs L = 1 per thread. Every decision is taken per lane,
+// so a lane's result never depends on the others in its group. CUDA's group design
+// (cuda/small_matrix_group.cuh, a warp per matrix) runs the same sweeps in round-robin order
+// from the per-pair and per-column pieces: jacobi_rotation, round_robin_pair, shrink_column_factor.
 //
 // Work matrices are M x N with M >= N (a wide input is handled as its
 // transpose). Orthogonalising the columns of A by plane rotations from the
@@ -63,6 +65,27 @@ PGSL_HOST_DEVICE T jacobi_tolerance(int64_t M) {
 template <typename T>
 PGSL_HOST_DEVICE T svt_shrink_factor(T sigma, T tau) {
   return sigma > tau ? (sigma - tau) / sigma : T(0);
+}
+
+// The factor that scales column k after the sweeps: f_k in the direct form,
+// g_k = min(sigma_k, tau) / sigma_k in the residual form (shrink_columns).
+template <typename T>
+PGSL_HOST_DEVICE T shrink_column_factor(T sigma, T tau, bool residual) {
+  return residual ? (sigma > tau ? tau / sigma : T(1)) : svt_shrink_factor<T>(sigma, tau);
+}
+
+// Pair p of round `round` of a round-robin (parallel) Jacobi ordering of
+// `n_even` columns (N rounded up to even; column N, if it exists, is a dummy
+// whose pairs are skipped): each round's n_even / 2 pairs are disjoint, so
+// they rotate at once, and the n_even - 1 rounds of a sweep meet every pair
+// exactly once (the circle method: column n_even - 1 stays, the others turn).
+// Sets i < j.
+PGSL_HOST_DEVICE void round_robin_pair(int n_even, int round, int p, int& i, int& j) {
+  const int turning = n_even - 1;
+  const int a = p == 0 ? turning : (round + p) % turning;
+  const int b = (round - p + turning) % turning;
+  i = a < b ? a : b;
+  j = a < b ? b : a;
 }
 
 // The exponents of the smallest and largest normal powers of two.
@@ -213,8 +236,7 @@ PGSL_HOST_DEVICE void shrink_columns(T* A, int64_t M, int64_t N, const T* tau, i
     T* a = A + c * M * L;
     T g[L];
     for (int l = 0; l < L; ++l) {
-      const T sig = sigma[c * L + l];
-      g[l] = residual[l] ? (sig > tau[l] ? tau[l] / sig : T(1)) : svt_shrink_factor<T>(sig, tau[l]);
+      g[l] = shrink_column_factor<T>(sigma[c * L + l], tau[l], residual[l]);
     }
     for (int64_t r = 0; r < M; ++r)
       PGSL_SIMD

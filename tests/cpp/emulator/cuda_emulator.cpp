@@ -64,6 +64,7 @@ struct Launch {
 
 Schedule g_schedule;
 unsigned g_grid_cap = 0;  // not lowered: the launchers' kMaxGridBlocks
+unsigned g_shared_cap = 0;  // not lowered: the launchers' kMaxDynamicSharedBytes
 Stats g_stats;
 std::vector<std::string> g_launched;
 cudaError_t g_last_error = cudaSuccess;
@@ -400,6 +401,8 @@ std::vector<Schedule> test_schedules() {
 }
 void set_grid_cap(unsigned blocks) { g_grid_cap = blocks; }
 unsigned grid_cap() { return g_grid_cap; }
+void set_shared_cap(unsigned bytes) { g_shared_cap = bytes; }
+unsigned shared_cap() { return g_shared_cap; }
 const Stats& stats() { return g_stats; }
 const std::vector<std::string>& launched_kernels() { return g_launched; }
 

@@ -100,6 +100,10 @@ std::vector<Schedule> test_schedules();
 // default): not lowered, the launchers' own kMaxGridBlocks.
 void set_grid_cap(unsigned blocks);
 unsigned grid_cap();
+// The most dynamic shared bytes a launcher plans a block for (cuda_types.cuh's
+// max_dynamic_shared_bytes()); 0 (the default): not lowered.
+void set_shared_cap(unsigned bytes);
+unsigned shared_cap();
 
 // A launch that broke the execution model. The message names the kernel, the
 // block and the thread(s).

@@ -14,6 +14,7 @@
 #include <c10/util/Half.h>
 #include <c10/util/BFloat16.h>
 
+#include <algorithm>
 #include <fstream>
 #include <functional>
 #include <regex>
@@ -26,6 +27,7 @@
 #include "../check.h"
 #include "jsma_saliency_search.h"
 #include "launchers.h"
+#include "small_matrix_group.cuh"
 #include "pixel_unshuffle_concat.h"
 #include "rpca.h"
 #include "soft_threshold.h"
@@ -343,19 +345,49 @@ void jsma_saliency_search_tests() {
 }
 
 // ---------------------------------------------------------------------------- svt, rpca
-// As svt_cuda.cpp's small_svt_cuda and rpca_cuda.cpp's small_rpca_cuda.
+// As svt_cuda.cpp's small_svt_cuda and rpca_cuda.cpp's small_rpca_cuda, with the design given
+// (small_matrix_design() there reads it from the environment).
+template <pgsl::SmallMatrixDesign Design>
 void small_svt_emulated(const Tensor& x3, const pgsl::SvtParams& p) {
-  Tensor workspace = at::empty({pgsl::small_svt_workspace(p.g)}, x3.options());
-  EXPECT_EQ(pgsl::launch_small_svt(p, workspace.data_ptr(), nullptr), cudaSuccess);
+  Tensor workspace = at::empty({pgsl::small_svt_workspace(p, Design)}, x3.options());
+  EXPECT_EQ(pgsl::launch_small_svt(p, Design, workspace.data_ptr(), nullptr), cudaSuccess);
 }
 
+template <pgsl::SmallMatrixDesign Design>
 void small_rpca_emulated(const Tensor& x3, const pgsl::RpcaParams& p) {
-  Tensor workspace = at::empty({pgsl::small_rpca_workspace(p.g)}, x3.options());
-  EXPECT_EQ(pgsl::launch_small_rpca(p, workspace.data_ptr(), nullptr), cudaSuccess);
+  Tensor workspace = at::empty({pgsl::small_rpca_workspace(p, Design)}, x3.options());
+  EXPECT_EQ(pgsl::launch_small_rpca(p, Design, workspace.data_ptr(), nullptr), cudaSuccess);
 }
 
-// Tolerances: the CUDA kernel runs the CPU kernel's per-matrix code (one lane
-// instead of a SIMD group), but nvcc contracts multiply-adds into FMAs on a GPU.
+// The launch settings the svt and rpca kernels run under: the thread design at both grid
+// caps; the group design with its matrices in shared memory (4 per block, then fewer per
+// block at a lowered shared-memory cap) and in its global workspace (a cap of 1 byte), the
+// grid capped at one block where the batch spans several. The emulator runs a warp's
+// collectives lane by lane, so the group runs keep the emulated work down: a batch just
+// large enough for several grid-stride steps, rpca capped at 40 iterations (some matrices
+// converge, some stop at the cap), and only the default placement over every rpca option.
+struct SmallMatrixRun {
+  pgsl::SmallMatrixDesign design;
+  unsigned grid_cap, shared_cap;
+  int64_t svt_batch, rpca_batch;  // of the multi-block shape
+  int64_t rpca_max_iter;
+  bool every_rpca_option;         // else fixed mu and a cold start only
+  std::string describe() const {
+    return std::string(design == pgsl::SmallMatrixDesign::kGroup ? ", group design" : ", thread design") +
+           ", shared cap " + std::to_string(shared_cap);  // describe() names the grid cap
+  }
+};
+const SmallMatrixRun kSmallMatrixRuns[] = {
+    {pgsl::SmallMatrixDesign::kThread, kDefaultGridCap, 0, 70, 66, 1000, true},
+    {pgsl::SmallMatrixDesign::kThread, kLoweredGridCap, 0, 70, 66, 1000, true},
+    {pgsl::SmallMatrixDesign::kGroup, kDefaultGridCap, 0, 9, 6, 40, true},
+    {pgsl::SmallMatrixDesign::kGroup, kLoweredGridCap, 1000, 9, 6, 40, false},
+    {pgsl::SmallMatrixDesign::kGroup, kLoweredGridCap, 1, 9, 6, 40, false},
+};
+
+// Tolerances: the thread design runs the CPU kernel's per-matrix code (one lane instead of a
+// SIMD group), the group design the same maths with round-robin rotations and sums split
+// over lanes; and nvcc contracts multiply-adds into FMAs on a GPU.
 double svt_rtol(at::ScalarType dtype) { return dtype == at::kFloat ? 1e-5 : 1e-12; }
 
 Tensor matrices(at::IntArrayRef shape, at::ScalarType dtype, const std::string& layout, uint64_t seed) {
@@ -369,20 +401,29 @@ Tensor matrices(at::IntArrayRef shape, at::ScalarType dtype, const std::string& 
 }
 
 void svt_tests() {
-  for (unsigned cap : kGridCaps) {
-    emu::set_grid_cap(cap);
+  for (const SmallMatrixRun& run : kSmallMatrixRuns) {
+    emu::set_grid_cap(run.grid_cap);
+    emu::set_shared_cap(run.shared_cap);
     for (at::ScalarType dtype : kReal) {
       for (const std::vector<int64_t>& shape :
-           {std::vector<int64_t>{0, 4, 4}, {5, 7, 3}, {3, 4, 9}, {70, 5, 5}}) {
+           {std::vector<int64_t>{0, 4, 4}, {5, 7, 3}, {3, 4, 9}, {run.svt_batch, 5, 5}}) {
         for (const char* layout : {"contiguous", "transposed", "sliced"}) {
           const Tensor x = matrices(shape, dtype, layout, 6);
           const Tensor tau = at::rand({shape[0]}).to(dtype);
-          const std::string what = describe(x.sizes(), dtype, std::string("svt ") + layout);
+          const std::string what = describe(x.sizes(), dtype, std::string("svt ") + layout) + run.describe();
           const auto out = under_every_schedule(
               [&] {
+                if (run.design == pgsl::SmallMatrixDesign::kGroup)
+                  return std::vector<Tensor>{
+                      pgsl::svt_op<&small_svt_emulated<pgsl::SmallMatrixDesign::kGroup>>(x, 0.5, std::nullopt, 10, 2,
+                                                                                          std::nullopt),
+                      pgsl::svt_tensor_op<&small_svt_emulated<pgsl::SmallMatrixDesign::kGroup>>(
+                          x, tau, std::nullopt, 10, 2, std::nullopt)};
                 return std::vector<Tensor>{
-                    pgsl::svt_op<&small_svt_emulated>(x, 0.5, std::nullopt, 10, 2, std::nullopt),
-                    pgsl::svt_tensor_op<&small_svt_emulated>(x, tau, std::nullopt, 10, 2, std::nullopt)};
+                    pgsl::svt_op<&small_svt_emulated<pgsl::SmallMatrixDesign::kThread>>(x, 0.5, std::nullopt, 10, 2,
+                                                                                         std::nullopt),
+                    pgsl::svt_tensor_op<&small_svt_emulated<pgsl::SmallMatrixDesign::kThread>>(
+                        x, tau, std::nullopt, 10, 2, std::nullopt)};
               },
               what);
           if (out.size() != 2) continue;
@@ -395,34 +436,45 @@ void svt_tests() {
     }
   }
   emu::set_grid_cap(kDefaultGridCap);
-  expect_launched({"small_svt_kernel"});
+  emu::set_shared_cap(0);
+  expect_launched({"small_svt_kernel", "group_svt_kernel"});
 }
 
 void rpca_tests() {
-  for (unsigned cap : kGridCaps) {
-    emu::set_grid_cap(cap);
+  for (const SmallMatrixRun& run : kSmallMatrixRuns) {
+    emu::set_grid_cap(run.grid_cap);
+    emu::set_shared_cap(run.shared_cap);
     for (at::ScalarType dtype : kReal) {
-      for (const std::vector<int64_t>& shape : {std::vector<int64_t>{0, 4, 4}, {4, 6, 5}, {3, 5, 8}, {66, 4, 3}}) {
+      for (const std::vector<int64_t>& shape :
+           {std::vector<int64_t>{0, 4, 4}, {4, 6, 5}, {3, 5, 8}, {run.rpca_batch, 4, 3}}) {
         const Tensor x = matrices(shape, dtype, "transposed", 7);
         // A warm start with its own strides (the kernel reads it through its own geometry).
         const Tensor init = with_layout(0.1 * at::randn(shape, at::kDouble).to(dtype), "sliced");
         for (const char* method : {"alternating", "apg"}) {
           for (std::optional<double> mu : {std::optional<double>(0.55), std::optional<double>()}) {
             for (bool warm : {false, true}) {
+              if (!run.every_rpca_option && (!mu || warm)) continue;
               const std::optional<Tensor> start = warm ? std::optional<Tensor>(init) : std::nullopt;
               const std::string what =
                   describe(x.sizes(), dtype, std::string("rpca ") + method + (mu ? " mu=0.55" : " continuation") +
-                                                 (warm ? " init" : ""));
+                                                 (warm ? " init" : "")) + run.describe();
               const auto out = under_every_schedule(
                   [&] {
-                    const auto [low, sparse, iters, conv] = pgsl::rpca_op<&small_svt_emulated, &small_rpca_emulated>(
-                        x, start, mu, std::nullopt, 1000, 1e-7, std::nullopt, method, std::nullopt);
+                    using pgsl::SmallMatrixDesign;
+                    const auto [low, sparse, iters, conv] =
+                        run.design == SmallMatrixDesign::kGroup
+                            ? pgsl::rpca_op<&small_svt_emulated<SmallMatrixDesign::kGroup>,
+                                            &small_rpca_emulated<SmallMatrixDesign::kGroup>>(
+                                  x, start, mu, std::nullopt, run.rpca_max_iter, 1e-7, std::nullopt, method, std::nullopt)
+                            : pgsl::rpca_op<&small_svt_emulated<SmallMatrixDesign::kThread>,
+                                            &small_rpca_emulated<SmallMatrixDesign::kThread>>(
+                                  x, start, mu, std::nullopt, run.rpca_max_iter, 1e-7, std::nullopt, method, std::nullopt);
                     return std::vector<Tensor>{low, sparse, iters, conv};
                   },
                   what);
               if (out.size() != 4) continue;
               const auto [low, sparse, iters, conv] = pgsl::rpca_op<&pgsl::small_svt_cpu, &pgsl::small_rpca_cpu>(
-                  x, start, mu, std::nullopt, 1000, 1e-7, std::nullopt, method, std::nullopt);
+                  x, start, mu, std::nullopt, run.rpca_max_iter, 1e-7, std::nullopt, method, std::nullopt);
               // More tolerance than svt: the iteration amplifies rounding differences.
               const double rtol = dtype == at::kFloat ? 1e-3 : 1e-9;
               expect_close(out[0], low, rtol, what + " low_rank");
@@ -438,7 +490,47 @@ void rpca_tests() {
     }
   }
   emu::set_grid_cap(kDefaultGridCap);
-  expect_launched({"small_rpca_kernel"});
+  emu::set_shared_cap(0);
+  expect_launched({"small_rpca_kernel", "group_rpca_kernel"});
+}
+
+// ---------------------------------------------------------------------------- small-matrix layout
+// Resident warps per SM on an H100 (sm_90: 64 warps, 32 blocks, 64K registers allocated per
+// warp in units of 256, 228 KB of shared memory of which 1 KB is reserved per block): the
+// occupancy calculator's formula, for bench/RESULTS.md's model.
+int h100_resident_warps(int warps_per_block, int registers_per_thread, int64_t shared_bytes_per_block) {
+  const int registers_per_warp = (registers_per_thread * 32 + 255) / 256 * 256;
+  const int by_registers = 65536 / (registers_per_warp * warps_per_block);
+  const int by_shared = int(233472 / (shared_bytes_per_block + 1024));
+  const int by_warps = 64 / warps_per_block;
+  return std::min({by_registers, by_shared, by_warps, 32}) * warps_per_block;
+}
+
+void small_matrix_layout_tests() {
+  pgsl::SmallMatrixDesign design = pgsl::SmallMatrixDesign::kThread;
+  EXPECT(pgsl::parse_small_matrix_design("group", design) && design == pgsl::SmallMatrixDesign::kGroup);
+  EXPECT(pgsl::parse_small_matrix_design("thread", design) && design == pgsl::SmallMatrixDesign::kThread);
+  EXPECT(!pgsl::parse_small_matrix_design("Group", design) && !pgsl::parse_small_matrix_design("", design));
+  // The PGSL batch: 128 digits x 64 channels of 14 x 14 float32 maps.
+  const pgsl::SmallBatchGeometry pgsl_batch{8192, 14, 14, 196, 14, 1};
+  const pgsl::GroupLayout svt = pgsl::group_layout(pgsl_batch, 4, 0);
+  const pgsl::GroupLayout rpca = pgsl::group_layout(pgsl_batch, 4, 5);  // the alternating method
+  for (const pgsl::GroupLayout& layout : {svt, rpca}) {
+    EXPECT(layout.shared);
+    EXPECT_EQ(layout.groups_per_block, pgsl::kGroupsPerBlock);
+    EXPECT_EQ(layout.blocks, 2048u);
+    EXPECT_EQ(layout.workspace_elements(), int64_t{0});
+    // 64 registers: the float32 kernels' __launch_bounds__ cap, which tests/test_build.py
+    // checks ptxas keeps without a stack frame.
+    EXPECT(h100_resident_warps(layout.groups_per_block, 64, layout.shared_bytes(4)) >= 32);
+  }
+  EXPECT_EQ(rpca.shared_bytes(4), int64_t{4 * (15 * 14 + 15 * 14 + 5 * 196) * 4});
+  // A matrix too large for a block's shared memory goes to the workspace, one slice per warp.
+  const pgsl::SmallBatchGeometry large{70, 64, 64, 4096, 64, 1};
+  const pgsl::GroupLayout spilled = pgsl::group_layout(large, 8, 7);
+  EXPECT(!spilled.shared);
+  EXPECT_EQ(spilled.shared_bytes(8), int64_t{0});
+  EXPECT_EQ(spilled.workspace_elements(), int64_t{spilled.blocks} * pgsl::kGroupsPerBlock * spilled.elements);
 }
 
 // ---------------------------------------------------------------------------- the shim itself
@@ -468,7 +560,7 @@ void half_conversion_tests() {
 void kernels_covered_tests() {
   const std::set<std::string> tested = {"shrink_dense",      "shrink_strided",    "unshuffle_forward",
                                         "unshuffle_backward", "jsma_search_rows", "small_svt_kernel",
-                                        "small_rpca_kernel"};
+                                        "small_rpca_kernel",  "group_svt_kernel", "group_rpca_kernel"};
   const std::regex global(R"(__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\()");
   std::set<std::string> found;
   // Every .cu file the build compiles (CMake passes the glob), read for its kernels.
@@ -499,6 +591,7 @@ int main(int argc, char** argv) {
       {"jsma_saliency_search", jsma_saliency_search_tests},
       {"svt", svt_tests},
       {"rpca", rpca_tests},
+      {"small_matrix_layout", small_matrix_layout_tests},
       {"half_conversions", half_conversion_tests},
       {"kernels_covered", kernels_covered_tests},
   };
