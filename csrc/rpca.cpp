@@ -26,7 +26,7 @@
 //     g = (2(Y_L - L_{k+1}) + E, 2(Y_S - S_{k+1}) + E),  E = L_{k+1} + S_{k+1} - Y_L - Y_S.
 //
 // Small matrices run the whole loop in the device's fused kernel
-// (pgsl/rpca.h); others run this batched loop, which only computes the
+// (pgsl/robust_pca.h); others run this batched loop, which only computes the
 // matrices still iterating.
 #include <c10/util/Exception.h>
 
@@ -37,7 +37,7 @@
 #include "rpca.h"
 
 #include "checks.h"
-#include "pgsl/rpca.h"
+#include "pgsl/robust_pca.h"
 #include "pgsl/svd_jacobi.h"
 #include "svt.h"
 

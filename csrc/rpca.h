@@ -9,7 +9,7 @@
 #include <optional>
 #include <tuple>
 
-#include "pgsl/rpca.h"
+#include "pgsl/robust_pca.h"
 #include "svt.h"
 
 namespace pgsl {

@@ -77,6 +77,17 @@ def test_source_file_stems_are_unique():
     assert not clashes, f"source file stems must be unique under csrc/: {clashes}"
 
 
+def test_header_file_stems_are_unique():
+    # csrc/ and csrc/include/ are both include roots: with two rpca.h, '#include "rpca.h"' means
+    # whichever root the compiler tries first, and a reader cannot tell which.
+    headers = [p for ext in ("*.h", "*.cuh") for p in (ROOT / "csrc").rglob(ext)]
+    assert headers
+    stems = collections.Counter(p.stem for p in headers)
+    clashes = {stem: sorted(str(p.relative_to(ROOT)) for p in headers if p.stem == stem)
+               for stem, n in stems.items() if n > 1}
+    assert not clashes, f"header file stems must be unique under csrc/: {clashes}"
+
+
 def test_build_info_keys_and_types():
     info = pgsl_ext.build_info()
     assert isinstance(info, dict)

@@ -1,4 +1,4 @@
-// RPCA on the CPU. Small matrices: the fused loop of pgsl/rpca.h on lane
+// RPCA on the CPU. Small matrices: the fused loop of pgsl/robust_pca.h on lane
 // groups of L = kCpuLanes<T> matrices (one per SIMD lane), parallel over ranges of matrices;
 // when a lane's matrix finishes, its result is written and the lane is refilled
 // with the next matrix of the range, so converged matrices stop costing work.
@@ -12,7 +12,7 @@
 
 #include "../rpca.h"
 #include "simd_clones.h"
-#include "pgsl/rpca.h"
+#include "pgsl/robust_pca.h"
 
 namespace pgsl {
 

@@ -8,7 +8,7 @@
 
 #include "../soft_threshold.h"
 #include "simd_clones.h"
-#include "pgsl/soft_threshold.h"
+#include "pgsl/shrinkage.h"
 
 namespace pgsl {
 namespace {

@@ -16,7 +16,7 @@
 #include "pgsl/elementwise_params.h"
 #include "pgsl/jsma.h"
 #include "pgsl/pixel_unshuffle.h"
-#include "pgsl/rpca.h"
+#include "pgsl/robust_pca.h"
 #include "pgsl/scalar_kind.h"
 #include "pgsl/svd_jacobi.h"
 
@@ -40,7 +40,7 @@ cudaError_t launch_jsma_saliency_search(ScalarKind kind, const JsmaSearchParams&
                                         const bool* domain, void* workspace, int64_t* p_out,
                                         int64_t* q_out, bool* found, cudaStream_t stream);
 
-// Small-matrix SVT and RPCA (pgsl/svd_jacobi.h, pgsl/rpca.h) in two designs:
+// Small-matrix SVT and RPCA (pgsl/svd_jacobi.h, pgsl/robust_pca.h) in two designs:
 //   kThread: one matrix per thread (the CPU kernel's code with L = 1), the
 //            matrix in a global workspace;
 //   kGroup:  one warp per matrix, the matrix in shared memory

@@ -2,13 +2,13 @@
 // One launch covers the batch, and each matrix runs its whole loop to its own
 // stopping point: no per-iteration launches and no host synchronisation.
 //   thread: one matrix per thread, running exactly the per-matrix code the CPU
-//           kernel runs (pgsl/rpca.h with one lane), on a per-thread slice of
+//           kernel runs (pgsl/robust_pca.h with one lane), on a per-thread slice of
 //           a global workspace.
 //   group:  one warp per matrix, the matrix, V and the iterates in shared
 //           memory (small_matrix_group.cuh).
 #include "cuda_types.cuh"
 #include "launchers.h"
-#include "pgsl/rpca.h"
+#include "pgsl/robust_pca.h"
 #include "small_matrix_group.cuh"
 
 namespace pgsl {
@@ -50,7 +50,7 @@ __global__ void small_rpca_kernel(RpcaParams p, T* workspace) {
 // the output's element order: X, S_k, S_{k-1}, Y_S, L_k; the APG adds L_{k-1}, Y_L.
 int rpca_state_arrays(RpcaMethod method) { return method == RpcaMethod::kApg ? 7 : 5; }
 
-// rpca_load_lane, the rpca_step loop and rpca_store_lane (pgsl/rpca.h) by a warp.
+// rpca_load_lane, the rpca_step loop and rpca_store_lane (pgsl/robust_pca.h) by a warp.
 template <typename T>
 __global__ void __launch_bounds__(kGroupsPerBlock * kGroupLanes, kGroupMinBlocksPerSm<T>)
     group_rpca_kernel(RpcaParams p, GroupLayout layout, T* workspace) {

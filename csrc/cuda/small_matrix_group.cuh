@@ -15,7 +15,7 @@
 // same bits); elementwise work and the loads and stores walk the matrix in the
 // output's order, lane l on elements l, l + 32, ...: coalesced for the output
 // and a contiguous input. The maths of an element, a rotation and a matrix's
-// scalars is pgsl/svd_jacobi.h's and pgsl/rpca.h's.
+// scalars is pgsl/svd_jacobi.h's and pgsl/robust_pca.h's.
 //
 // A matrix whose data does not fit the shared memory a block may use lives in
 // a per-warp slice of a global workspace instead (GroupLayout::shared false):
@@ -26,7 +26,7 @@
 #include <cstdint>
 
 #include "cuda_types.cuh"
-#include "pgsl/rpca.h"
+#include "pgsl/robust_pca.h"
 #include "pgsl/small_batch_geometry.h"
 #include "pgsl/svd_jacobi.h"
 

@@ -3,7 +3,7 @@
 // transposed or sliced x). The element math is pgsl::soft_threshold_value.
 #include "cuda_types.cuh"
 #include "launchers.h"
-#include "pgsl/soft_threshold.h"
+#include "pgsl/shrinkage.h"
 
 namespace pgsl {
 namespace {

@@ -28,7 +28,7 @@
 #include "pgsl/macros.h"
 #include "pgsl/scalar_kind.h"
 #include "pgsl/small_batch_geometry.h"
-#include "pgsl/soft_threshold.h"
+#include "pgsl/shrinkage.h"
 #include "pgsl/svd_jacobi.h"
 
 namespace pgsl {
