@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from pgsl.data import Split
 from pgsl.evaluate.mu_sweep import DEFAULT_MUS, sweep_mu
-from pgsl.evaluate.robustness import ATTACKS, FGSMSettings, RunModel, craft, evaluate_robustness
+from pgsl.evaluate.robustness import ATTACKS, FGSMSettings, RobustnessSettings, RunModel, craft, evaluate_robustness, margin
 from pgsl.config import Config
 from pgsl.runs import restore
 from pgsl.train import train
@@ -167,3 +167,48 @@ def test_bad_arguments_name_the_argument(runs):
         sweep_mu(pgsl, images, settings={"images": 0})
     with pytest.raises(ValueError, match="MuSweepSettings.max_iter"):
         sweep_mu(pgsl, images, settings={"max_iter": 0})
+
+
+# --------------------------------------------------------------------------- attacks that work
+
+
+def test_cw_margin_holds_on_log_probabilities():
+    """torchattacks' CW takes the best other class as max((1 - onehot) * z): with log-probabilities
+    (all <= 0) that is the masked true class's 0, so its margin term was always 0 against pgsl's
+    decision. The margin here masks with -inf and is the same on logits and on log-probabilities."""
+    z = torch.randn(64, 10, generator=torch.Generator().manual_seed(0)) * 3
+    y = torch.randint(10, (64,), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(margin(z.log_softmax(1), y), margin(z, y), rtol=1e-5, atol=1e-5)
+    assert (margin(z, y) < 0).sum() > 0 and (margin(z, y) > 0).sum() > 0
+    logp = z.log_softmax(1)
+    onehot = F.one_hot(y, 10).float()
+    torchattacks_other = ((1 - onehot) * logp).max(1).values
+    assert torch.equal(torchattacks_other, torch.zeros(64))  # the bug this replaces
+
+
+@pytest.mark.parametrize("attack", ["jsma", "cw", "bim"])
+def test_each_attack_at_its_default_budget_fools_the_undefended_decision(runs, attack):
+    run = runs["none"]
+    images = _images(run, 50)
+    model = RunModel(run)
+    with torch.no_grad():
+        clean = float((model(images.x).argmax(1) == images.y).double().mean())
+    adv = craft(model, attack, images.x, images.y, getattr(RobustnessSettings(), attack))
+    with torch.no_grad():
+        attacked = float((model(adv).argmax(1) == images.y).double().mean())
+    assert clean > 0.25
+    assert attacked <= 0.05, f"{attack}: accuracy {attacked} under attack (clean {clean})"
+    if attack == "cw":  # pixels at exactly 0 move too (torchattacks' tanh box held them at -inf)
+        background = images.x == 0
+        assert ((adv - images.x).abs() > 1e-3)[background].any()
+
+
+def test_cw_changes_pgsl_images_through_its_fused_log_probabilities(runs):
+    run = runs["pgsl"]
+    images = _images(run, 8)
+    model = RunModel(run, bpda=True, rpca_iters=5)  # "fused": the log of the decision's probabilities
+    settings = RobustnessSettings().cw
+    settings.steps, settings.binary_steps = 10, 2
+    adv = craft(model, "cw", images.x, images.y, settings)
+    changed = (adv - images.x).abs().flatten(1).amax(1) > 1e-3
+    assert changed.any(), "CW moved no image of the pgsl run: its margin is not acting"

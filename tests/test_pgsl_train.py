@@ -107,7 +107,7 @@ class RecordingHub(LocalHub):
         return link
 
 
-@pytest.mark.parametrize("defense", ["pgsl", "none"])
+@pytest.mark.parametrize("defense", ["pgsl", "none", "arch"])
 def test_what_crosses_the_wire(tmp_path, monkeypatch, defense):
     import pgsl.train as train_module
 
@@ -115,7 +115,7 @@ def test_what_crosses_the_wire(tmp_path, monkeypatch, defense):
     monkeypatch.setattr(train_module, "LocalHub", lambda: hub)
     cfg = tiny(tmp_path, defense=defense, clients=2, train_subset=96)
     train(cfg)
-    side = 14 if defense == "pgsl" else 28
+    side = 14 if defense in ("pgsl", "arch") else 28
     kinds_to_server = set()
     for src, dst, kind, tensors in hub.log:
         for t in tensors:
@@ -188,6 +188,19 @@ def test_nopeek_and_noise_change_training_and_vanish_at_strength_zero(tmp_path):
         assert on["history"][0]["train_loss_trace"] != trace, f"{defense} changed nothing in training"
         assert off["history"][0]["train_loss_trace"] == trace, f"{defense} at {strength} 0 is not plain split learning"
         assert off["test_accuracy"] == plain["test_accuracy"]
+
+
+def test_architecture_control_runs_pgsl_nets_without_its_defence(tmp_path):
+    """--defense arch: PGSL's unshuffled input (zero map) and three streams, no JSMA, no rpca."""
+    m = train(tiny(tmp_path, defense="arch"))
+    assert set(m["stream_accuracy"]) == {"attacked", "fusion", "recovered"} and "rpca" not in m
+    assert not os.path.exists(tmp_path / "run" / "client1_attack.pt")
+    run = restore(str(tmp_path / "run"))
+    x = run.dataset.test.x[:4]
+    assert run.client.net[0][0].in_channels == 5
+    torch.testing.assert_close(run.client.net_input(x), pgsl_ext.ops.pixel_unshuffle_concat(x, torch.zeros_like(x), 2))
+    logits = run.server.logits(run.messages(x))
+    assert set(logits) == {"attacked", "fusion", "recovered"} and run.server.rpca_matrices == 0
 
 
 def test_restore_epoch_0_rebuilds_the_weights_training_started_from(tmp_path, monkeypatch):

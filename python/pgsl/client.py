@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import rundir
-from .config import Config
+from .config import PGSL_ARCHITECTURE, Config
 from .data import Dataset, Split
 from .defenses import Ops, distance_correlation, laplace_noise
 from .errors import PeerError, RunError
@@ -67,7 +67,7 @@ class Client:
         self.device = torch.device(cfg.device)
         self.ops = Ops.named(cfg.ops)
         in_channels = self.image_shape[0]
-        if cfg.defense == "pgsl":
+        if cfg.defense in PGSL_ARCHITECTURE:
             in_channels = in_channels * 4 + 1  # 2x2 unshuffle + the perturbation map
         self.net = ClientNet(in_channels).to(self.device)
         self.opt, self.sched = optimizer(self.net.parameters(), cfg)
@@ -131,7 +131,9 @@ class Client:
         perturbation map)`` (the map summed over colour channels), with ``x_adv`` the attacked
         images (default: attacked now). ``bpda=True`` makes it differentiable in ``x`` for an
         attacker: the JSMA step's gradient is the identity and its map a constant (BPDA,
-        Athalye et al. 2018)."""
+        Athalye et al. 2018). ``--defense arch``: the unshuffle with an all-zero map (no JSMA)."""
+        if self.cfg.defense == "arch":
+            return self.ops.pixel_unshuffle_concat(x, torch.zeros_like(x[:, :1]), 2)
         if self.cfg.defense != "pgsl":
             return x
         if x_adv is None:
@@ -329,9 +331,10 @@ class Client:
             "config": self.cfg.to_json(),
             "history": self.history,
         }
-        if self.cfg.defense == "pgsl":
+        if self.cfg.defense in PGSL_ARCHITECTURE:
             metrics["stream_accuracy"] = last["stream_test_accuracy"]
             metrics["weights"] = last["weights"]
+        if "rpca" in last:
             metrics["rpca"] = last["rpca"]
         rundir.write_json(metrics, os.path.join(self.cfg.out, "metrics.json"))
         try:

@@ -19,7 +19,9 @@ from .errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "DEFENSES", "add_arguments", "from_arguments"]
 
-DEFENSES = ("pgsl", "none", "noise", "nopeek")
+DEFENSES = ("pgsl", "none", "noise", "nopeek", "arch")
+# The defences whose client unshuffles its images and whose server runs three streams.
+PGSL_ARCHITECTURE = ("pgsl", "arch")
 
 # Options that may differ between a run and its --resume.
 RESUMABLE = ("epochs", "resume", "out", "distributed", "timeout", "progress", "device")
@@ -71,7 +73,8 @@ class Config:
     batch_size: int = option(128, "training batch size", group=RUN, check=lambda v: v >= 2,
                              expected="an integer >= 2 (BatchNorm needs two images)")
     defense: str = option("pgsl", "pgsl; none = plain split learning (the baseline); noise = Laplacian noise on the activations; "
-                          "nopeek = distance-correlation loss", group=RUN, choices=DEFENSES)
+                          "nopeek = distance-correlation loss; arch = PGSL's architecture (unshuffle with a zero map, three streams) "
+                          "without its defence (no JSMA, no rpca): a control", group=RUN, choices=DEFENSES)
     seed: int = option(0, "seed of initialisation, shards and shuffling", group=RUN)
     out: str = option("runs/pgsl", "run folder (metrics, plot, checkpoints)", group=RUN)
     resume: bool = option(False, "continue the run in --out after its last complete epoch", group=RUN)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import rundir
-from .config import Config
+from .config import PGSL_ARCHITECTURE, Config
 from .data import Dataset
 from .defenses import Ops
 from .models import AdaptiveFusion, PGSLServerNet, PlainServerNet, optimizer
@@ -33,7 +33,7 @@ class Server:
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         self.ops = Ops.named(cfg.ops)
-        if cfg.defense == "pgsl":
+        if cfg.defense in PGSL_ARCHITECTURE:
             self.net = PGSLServerNet(num_classes, rpca_grad=cfg.rpca_grad).to(self.device)
             self.fusion = AdaptiveFusion(cfg.fusion_weights).to(self.device)
         else:
@@ -82,12 +82,13 @@ class Server:
         """Per-stream logits for ``activations``, in whatever mode the net is in. Training's
         gradient routes by default (only the fusion stream's gradient reaches the activations);
         ``bpda=True``: differentiable along every path, rpca's gradient taken as the identity
-        (BPDA), for an attacker."""
-        if self.cfg.defense != "pgsl":
+        (BPDA), for an attacker. ``--defense arch``: no rpca, the recovered stream sees the
+        received map itself."""
+        if self.cfg.defense not in PGSL_ARCHITECTURE:
             start = time.perf_counter()
             out = self.net(activations)
         else:
-            low_rank = self.low_rank(activations, rpca_iters=rpca_iters)
+            low_rank = self.low_rank(activations, rpca_iters=rpca_iters) if self.cfg.defense == "pgsl" else activations.detach()
             start = time.perf_counter()
             if bpda:
                 out = self.net(activations, activations + (low_rank - activations).detach(), route_gradients=False)
