@@ -19,6 +19,7 @@ from . import rundir
 from .config import PGSL_ARCHITECTURE, Config
 from .data import Dataset
 from .defenses import Ops
+from .errors import RunError
 from .models import AdaptiveFusion, PGSLServerNet, PlainServerNet, optimizer
 from .protocol import schedule
 from .transport import Link
@@ -107,6 +108,9 @@ class Server:
             self.rng_state = torch.get_rng_state()
         start = time.perf_counter()
         losses = torch.stack([F.cross_entropy(z, labels) for z in out.values()])
+        if not bool(torch.isfinite(losses).all()):
+            raise RunError(f"a training loss is not finite ({losses.tolist()}): training diverged (try a smaller --lr than "
+                           f"{self.cfg.lr:g}); the last checkpoint is kept")
         correct = torch.stack([(z.argmax(1) == labels).sum() for z in out.values()])
         self.opt.zero_grad()
         losses.sum().backward()
@@ -133,11 +137,16 @@ class Server:
         }
 
     def load_state(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
-        self.fusion.load_state_dict(state["fusion"])
-        self.rng_state = state["rng"]
+        try:
+            self.net.load_state_dict(state["net"])
+            self.opt.load_state_dict(state["opt"])
+            self.sched.load_state_dict(state["sched"])
+            self.fusion.load_state_dict(state["fusion"])
+            self.rng_state = state["rng"]
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise RunError(f"the saved server half does not fit this run ({str(e).splitlines()[0]})") from None
+        if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
+            raise RunError("the saved server half holds non-finite weights (a diverged run)")
 
     # ------------------------------------------------------------------ the role in the run
 
@@ -176,7 +185,7 @@ class Server:
         return start
 
     def epoch_end(self, epoch: int) -> List[Tensor]:
-        rundir.checkpoint(self.cfg.out, "server", epoch, {"server": self.state(), "epoch": epoch})
+        rundir.checkpoint(self.cfg.out, "server", epoch, {"server": self.state()})
         matrices = max(self.rpca_matrices, 1)
         summary = torch.tensor(
             [self.images, self.rpca_iterations / matrices, self.rpca_converged / matrices, self.rpca_seconds, self.seconds],

@@ -27,6 +27,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from ..data import Split
+from ..config import SEED_LIMIT
 from ..errors import RunError
 from ..rundir import git_commit, versions
 from ..runs import Run, restore
@@ -96,11 +97,24 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Evaluate the runs in ``folders`` and write the report into ``out``; returns report.json's dict."""
+    if isinstance(folders, str):
+        folders = [folders]
+    if not folders:
+        raise RunError("--run / --compare: expected at least one run folder")
+    if isinstance(evaluations, str):
+        evaluations = [e.strip() for e in evaluations.split(",") if e.strip()]
+    if not evaluations:
+        raise RunError(f"--attacks: expected some of {', '.join(EVALUATIONS)}, got none")
     unknown = [e for e in evaluations if e not in EVALUATIONS]
     if unknown:
-        raise RunError(f"--attacks: unknown {', '.join(unknown)}; expected some of {', '.join(EVALUATIONS)}")
-    if images < 1 or robust_images < 1:
-        raise RunError(f"--images / --robust-images: expected integers >= 1, got {images} / {robust_images}")
+        raise RunError(f"--attacks: unknown {', '.join(map(str, unknown))}; expected some of {', '.join(EVALUATIONS)}")
+    for option, value in (("--images", images), ("--robust-images", robust_images)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RunError(f"{option}: expected an integer >= 1, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise RunError(f"--seed: expected an integer from 0 to {SEED_LIMIT - 1}, got {seed!r}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunError(f"--out {out}: is a file; expected a folder")
     for folder in folders:
         if not os.path.isdir(folder):
             raise RunError(f"--run {folder}: no such run folder")
@@ -112,10 +126,21 @@ def evaluate(
     datas = {r.cfg.data for r in runs.values()}
     if len(datas) > 1:
         raise RunError(f"--compare: the runs were trained on different data ({', '.join(sorted(datas))}); compare runs of one dataset")
+    if "musweep" in evaluations and not any(r.defense == "pgsl" for r in runs.values()):
+        raise RunError("--attacks musweep: the mu sweep needs a --defense pgsl run among the runs")
     first = next(iter(runs.values()))
     aux, targets = _split_test(first, max(images, robust_images))
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"--out {out}: cannot be created ({e.strerror})") from None
     started = time.perf_counter()
+
+    def write_so_far() -> None:
+        """The report as it stands: an interrupted evaluation keeps every part that finished."""
+        report["seconds"] = time.perf_counter() - started
+        _write_report(report, out)
+
     report: dict = {
         "runs": {
             name: {
@@ -126,6 +151,7 @@ def evaluate(
                 "test_accuracy": r.metrics["test_accuracy"],
                 "stream_accuracy": r.metrics.get("stream_accuracy"),
                 "git_commit": r.metrics.get("git_commit"),
+                "seeds": [r.cfg.seed],
             }
             for name, r in runs.items()
         },
@@ -171,21 +197,22 @@ def evaluate(
             result["knowledge_levels"] = inversion.knowledge_levels(result)
             privacy[name] = result
             report["runs"][name]["dcor_image_message"] = bias_corrected_dcor2(inv_targets.x, run.messages(inv_targets.x))
-        report["privacy"] = privacy
+            report["privacy"] = privacy
+            write_so_far()
     adversarial_names = [e for e in evaluations if e in robustness.ATTACKS]
     if adversarial_names:
-        undefended = next((r for r in runs.values() if r.defense == "none"), None)
+        undefended = [r for r in runs.values() if r.defense == "none"]
         rob_targets = targets.subset(torch.arange(min(robust_images, len(targets))))
         report["robustness"] = robustness.evaluate_robustness(
             runs, undefended=undefended, images=rob_targets, attacks=adversarial_names,
             settings=robustness.FULL_SETTINGS if full else None, progress=progress, seed=seed,
         )
+        write_so_far()
     pgsl_runs = [r for r in runs.values() if r.defense == "pgsl"]
     if "musweep" in evaluations and pgsl_runs:
         report["mu_sweep"] = mu_sweep.sweep_mu(pgsl_runs[0], targets, progress=progress)
-    report["seconds"] = time.perf_counter() - started
     # The numbers and the reconstructions first: a figure that fails must not lose the run.
-    _write_report(report, out)
+    write_so_far()
     if reconstructions:
         torch.save(reconstructions, os.path.join(out, "reconstructions.pt"))
 

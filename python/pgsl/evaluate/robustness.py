@@ -97,6 +97,7 @@ class RobustnessSettings:
     fgsm: FGSMSettings = st.setting(None, factory=FGSMSettings)
     batch_size: int = st.setting(100, st.POSITIVE_INTEGER)
     adaptive_rpca_iters: Optional[int] = st.setting(20, _ADAPTIVE_CAP)
+    eot_samples: int = st.setting(4, st.POSITIVE_INTEGER)
 
 
 # The registry: every adversarial attack, by name, in the report's order.
@@ -134,10 +135,12 @@ class RunModel(nn.Module):
     means the decision: the logits of a single-stream run, else ``"fused"``. ``bpda``: gradients
     through the client's JSMA and rpca taken as the identity (the forward values are the real
     pipeline's either way); ``rpca_iters``: rpca's cap in these forward passes (None: the
-    run's). The run's networks are submodules, so ``eval()`` and ``parameters()`` reach them.
+    run's); ``eot``: the output averaged over that many forward passes (each draws the client's
+    noise afresh). The run's networks are submodules, so ``eval()`` and ``parameters()`` reach them.
     """
 
-    def __init__(self, run: Run, output: Optional[str] = None, *, bpda: bool = True, rpca_iters: Optional[int] = None):
+    def __init__(self, run: Run, output: Optional[str] = None, *, bpda: bool = True, rpca_iters: Optional[int] = None,
+                 eot: int = 1):
         super().__init__()
         if not isinstance(run, Run):
             raise TypeError(f"RunModel: expected `run` to be a pgsl.runs.Run, got {type(run).__name__}")
@@ -146,12 +149,17 @@ class RunModel(nn.Module):
             output = streams[0] if len(streams) == 1 else "fused"
         if output != "fused" and output not in streams:
             raise ValueError(f"RunModel: expected `output` to be 'fused' or one of {streams}, got {output!r}")
-        self.run, self.output, self.bpda, self.rpca_iters = run, output, bpda, rpca_iters
+        self.run, self.output, self.bpda, self.rpca_iters, self.eot = run, output, bpda, rpca_iters, eot
         self.client_net, self.server_net = run.client.net, run.server.net
         self.surrogate = run.client.surrogate
         self.train(run.server.net.training)  # a new Module says training=True; keep the run's mode
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.eot > 1:
+            return torch.stack([self._once(x) for _ in range(self.eot)]).mean(0)
+        return self._once(x)
+
+    def _once(self, x: Tensor) -> Tensor:
         logits = self.run.logits(x, bpda=self.bpda, rpca_iters=self.rpca_iters)
         if self.output != "fused":
             return logits[self.output]
@@ -192,10 +200,11 @@ def carlini_wagner_l2(model: nn.Module, x: Tensor, y: Tensor, *, c: float = 1.0,
     [0, 1] with labels ``y``: per image, the smallest-L2 misclassified iterate found over a binary
     search on the constant ``c`` (else the clean image).
 
-    The change of variables ``x' = (tanh(w) / 2 + 1/2 - m) / (1 - 2m)`` (clamped to [0, 1]) starts at
+    The change of variables ``x' = (tanh(w) / 2 + 1/2 - m) / (1 - 2m)`` starts at
     ``w0 = atanh((2x - 1)(1 - 2m))``, so ``x'(w0) = x`` while ``w0`` stays finite: with ``m = 0`` a
     pixel at exactly 0 or 1 sits at ``w = -inf / +inf``, where tanh has no gradient, and never
-    moves (most of an MNIST digit's background)."""
+    moves (most of an MNIST digit's background). ``x'`` is clipped to [0, 1] in the forward pass
+    only (its gradient passes straight through), so a pixel pushed past 0 can come back."""
     scale = 1 - 2 * box_margin
     w0 = torch.atanh(((2 * x - 1) * scale).clamp(-1 + 1e-7, 1 - 1e-7)).detach()
     n, device = len(x), x.device
@@ -209,7 +218,8 @@ def carlini_wagner_l2(model: nn.Module, x: Tensor, y: Tensor, *, c: float = 1.0,
         succeeded = torch.zeros(n, dtype=torch.bool, device=device)
         cs = const.to(x.dtype)
         for _ in range(steps):
-            x_adv = ((torch.tanh(w) + 1) / 2 - box_margin).div(scale).clamp(0, 1)
+            raw = ((torch.tanh(w) + 1) / 2 - box_margin).div(scale)
+            x_adv = raw + (raw.clamp(0, 1) - raw).detach()  # in the box, with the gradient of raw: no dead zone past 0 or 1
             m = margin(model(x_adv), y)
             l2 = (x_adv - x).pow(2).flatten(1).sum(1)
             loss = (l2 + cs * (m + kappa).clamp_min(0)).sum()
@@ -261,22 +271,37 @@ def _predictions(run: Run, x: Tensor, batch_size: int) -> Dict[str, Tensor]:
     return {name: torch.cat(p) for name, p in out.items()}
 
 
+def wilson_interval(correct: float, n: int, z: float = 1.959964) -> List[float]:
+    """The 95 % Wilson score interval of a proportion ``correct / n`` (sound at 0 and 1, where the
+    normal approximation collapses to a point)."""
+    if n <= 0:
+        return [0.0, 1.0]
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def _intervals(accuracy: Dict[str, float], n: int) -> Dict[str, List[float]]:
+    return {name: wilson_interval(round(a * n), n) for name, a in accuracy.items()}
+
+
 def _accuracies(run: Run, x: Tensor, y: Tensor, batch_size: int) -> Dict[str, float]:
     return {name: float((p == y).double().mean()) for name, p in _predictions(run, x, batch_size).items()}
 
 
-def _check(runs, undefended, images, attacks) -> None:
+def _check(runs, undefended: List[Run], images, attacks) -> None:
     op = "evaluate_robustness"
     if not isinstance(runs, Mapping) or not runs:
         raise ValueError(f"{op}: expected `runs` to be a non-empty dict of name -> Run, got {runs!r}")
     for name, run in runs.items():
         if not isinstance(run, Run):
             raise TypeError(f"{op}: expected `runs[{name!r}]` to be a pgsl.runs.Run, got {type(run).__name__}")
-    if undefended is not None:
-        if not isinstance(undefended, Run):
-            raise TypeError(f"{op}: expected `undefended` to be a pgsl.runs.Run or None, got {type(undefended).__name__}")
-        if undefended.defense != "none":
-            raise ValueError(f"{op}: expected `undefended` to be a --defense none run, got a --defense {undefended.defense} run ({undefended.folder})")
+    for source in undefended:
+        if not isinstance(source, Run):
+            raise TypeError(f"{op}: expected `undefended` to be pgsl.runs.Run(s) or None, got {type(source).__name__}")
+        if source.defense != "none":
+            raise ValueError(f"{op}: expected `undefended` to be --defense none run(s), got a --defense {source.defense} run ({source.folder})")
     if not isinstance(images, Split):
         raise TypeError(f"{op}: expected `images` to be a pgsl.data.Split, got {type(images).__name__}")
     x, y = images.x, images.y
@@ -287,7 +312,7 @@ def _check(runs, undefended, images, attacks) -> None:
         )
     if float(x.min()) < 0 or float(x.max()) > 1:
         raise ValueError(f"{op}: expected `images.x` in [0, 1], got values in [{float(x.min()):g}, {float(x.max()):g}]")
-    for name, run in list(runs.items()) + ([("undefended", undefended)] if undefended is not None else []):
+    for name, run in list(runs.items()) + [("undefended", u) for u in undefended]:
         shape = tuple(run.dataset.image_shape)
         if tuple(x.shape[1:]) != shape:
             raise ValueError(f"{op}: `images` are {tuple(x.shape[1:])} but run {name!r} ({run.folder}) takes {shape}")
@@ -323,7 +348,7 @@ class _Timer:
 def evaluate_robustness(
     runs: Dict[str, Run],
     *,
-    undefended: Optional[Run],
+    undefended,
     images: Split,
     attacks: Sequence[str] = ATTACKS,
     settings: Optional[Mapping] = None,
@@ -331,12 +356,14 @@ def evaluate_robustness(
     seed: int = 0,
 ) -> dict:
     """Accuracy of every run (each stream and the fused decision) on ``images``, clean and under
-    each of ``attacks``, transfer (crafted against ``undefended``; skipped when it is None) and
+    each of ``attacks``, transfer (crafted against an undefended run; skipped when there is none) and
     adaptive (against the run itself, BPDA through the client's JSMA and rpca).
 
     Args:
         runs: name -> restored run (:func:`pgsl.runs.restore`).
-        undefended: a ``--defense none`` run, the transfer attacks' source model.
+        undefended: ``--defense none`` run(s), the transfer attacks' source models: each run is
+            attacked with images crafted against the first of them that is not itself (another
+            seed), else against itself (then transfer is the white-box attack, and says so).
         images: the test images (x in [0, 1], ``(N, C, H, W)``) with their labels; sized so the
             defaults fit a CPU with :data:`DEFAULT_IMAGES`.
         attacks: some of :data:`ATTACKS`.
@@ -347,13 +374,16 @@ def evaluate_robustness(
     Returns:
         dict (JSON-serialisable)::
 
-            {"images": N, "undefended": folder or None, "seed": seed, "batch_size": B,
+            {"images": N, "undefended": the first source's folder or None, "transfer_sources": [folders],
+             "seed": seed, "batch_size": B,
              "adaptive_rpca_iters": cap or None,
              "attacks": {attack: {"how": text, "settings": {...}}}, "notes": [text, ...],
              "seconds": wall, "cpu_seconds": cpu,
              "results": {name: {"folder", "defense", "streams": [...],
-                             "clean": {stream: acc, ..., "fused": acc},
+                             "clean": {stream: acc, ..., "fused": acc}, "clean_ci95": {stream: [low, high], ...},
                              "attacks": {attack: {setting: {"accuracy": {stream: acc, ..., "fused": acc},
+                                                            "accuracy_ci95": {stream: [low, high], ...} (95 % Wilson
+                                                            interval over the images),
                                                             "source_accuracy": acc of the model attacked,
                                                             "perturbation": {"linf_mean", "l2_mean", "l0_mean"},
                                                             "seconds", "cpu_seconds"}}}}}}
@@ -363,22 +393,25 @@ def evaluate_robustness(
         the model the images were crafted against (the undefended one for transfer); crafting
         time is counted once for transfer images, under the first run.
     """
+    undefended = [] if undefended is None else ([undefended] if isinstance(undefended, Run) else list(undefended))
     _check(runs, undefended, images, attacks)
     cfg = st.resolve(RobustnessSettings, settings, "evaluate_robustness: `settings`")
     batch = cfg.batch_size
     x, y = images.x.float(), images.y
-    all_runs = list(runs.values()) + ([undefended] if undefended is not None else [])
+    all_runs = list(runs.values()) + undefended
     for r in all_runs:
         r.eval()
     wall, cpu_start = time.perf_counter(), time.process_time()
-    steps = len(runs) * len(attacks) * ((undefended is not None) + 1)
+    steps = len(runs) * len(attacks) * (bool(undefended) + 1)
     bar = tqdm(total=steps * len(x), desc="accuracy under attack", unit="img", disable=not progress, dynamic_ncols=True)
     report = {
         "images": len(x),
-        "undefended": undefended.folder if undefended is not None else None,
+        "undefended": undefended[0].folder if undefended else None,
+        "transfer_sources": [u.folder for u in undefended],
         "seed": seed,
         "batch_size": batch,
         "adaptive_rpca_iters": cfg.adaptive_rpca_iters,
+        "eot_samples": cfg.eot_samples,
         "attacks": {a: {"how": _HOW[a], "settings": dataclasses.asdict(getattr(cfg, a))} for a in attacks},
         "notes": [],
         "results": {},
@@ -389,7 +422,8 @@ def evaluate_robustness(
         "then the server runs rpca and three streams; 'fused' is the fusion-weighted softmax average (the decision). "
         "Adaptive attacks target the decision (log fused probabilities for pgsl) with the true labels; gradients pass "
         "the client's JSMA and rpca as the identity (BPDA), rpca capped at adaptive_rpca_iters in those forward "
-        "passes. Transfer attacks are crafted against the undefended run's full model (client and server)."
+        "passes; against --defense noise the output is averaged over eot_samples noise draws (EOT). Transfer attacks "
+        "are crafted against the undefended run's full model (client and server)."
     )
     report["notes"].append(
         "Accuracies are fractions of the images; 'seconds' / 'cpu_seconds' per setting are the crafting time "
@@ -406,23 +440,28 @@ def evaluate_robustness(
                 "defense": run.defense,
                 "streams": list(run.streams),
                 "clean": _accuracies(run, x, y, batch),
+                "clean_ci95": None,
                 "attacks": {},
             }
-            same_as_undefended = undefended is not None and (run is undefended or run.folder == undefended.folder)
+            entry["clean_ci95"] = _intervals(entry["clean"], len(x))
+            transfer_source = next((u for u in undefended if u.folder != run.folder), undefended[0] if undefended else None)
+            same_as_undefended = transfer_source is not None and transfer_source.folder == run.folder
             for attack in attacks:
                 results = {}
-                sources = ([("transfer", undefended)] if undefended is not None else []) + [("adaptive", run)]
+                sources = ([("transfer", transfer_source)] if transfer_source is not None else []) + [("adaptive", run)]
                 for setting, source in sources:
                     bar.set_postfix_str(f"{name} {attack} {setting}")
                     seconds = cpu = 0.0
-                    if setting == "transfer" and attack in transfer_cache:
-                        x_adv, source_accuracy = transfer_cache[attack]
+                    if setting == "transfer" and (attack, source.folder) in transfer_cache:
+                        x_adv, source_accuracy = transfer_cache[(attack, source.folder)]
                     elif setting == "adaptive" and same_as_undefended and "transfer" in results:
                         results["adaptive"] = dict(results["transfer"], note="the undefended run itself: the same images as transfer")
+                        results["transfer"]["note"] = "crafted against this run itself (no other undefended run to transfer from)"
                         bar.update(len(x))
                         continue
                     else:
-                        model = RunModel(source, bpda=True, rpca_iters=cfg.adaptive_rpca_iters)
+                        eot = cfg.eot_samples if source.defense == "noise" else 1
+                        model = RunModel(source, bpda=True, rpca_iters=cfg.adaptive_rpca_iters, eot=eot)
                         with _Timer() as t:
                             x_adv = torch.cat(
                                 [craft(model, attack, xb, yb, getattr(cfg, attack)) for xb, yb in zip(x.split(batch), y.split(batch))]
@@ -433,9 +472,11 @@ def evaluate_robustness(
                     if source_accuracy is None:
                         source_accuracy = accuracy["fused"] if source is run else _accuracies(source, x_adv, y, batch)["fused"]
                         if setting == "transfer":
-                            transfer_cache[attack] = (x_adv, source_accuracy)
+                            transfer_cache[(attack, source.folder)] = (x_adv, source_accuracy)
                     results[setting] = {
+                        "source": source.folder,
                         "accuracy": accuracy,
+                        "accuracy_ci95": _intervals(accuracy, len(x)),
                         "source_accuracy": source_accuracy,
                         "perturbation": _perturbation(x_adv, x),
                         "seconds": seconds,
