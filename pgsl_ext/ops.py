@@ -31,6 +31,13 @@ def _require_tensor(value, op: str, arg: str) -> None:
         raise TypeError(f"{op}: expected `{arg}` to be a torch.Tensor, but got {type(value).__name__}")
 
 
+def _require_int64(value, op: str, arg: str) -> None:
+    """An integer argument the schema takes as int64: a larger Python int would fail in the
+    dispatcher with "Expected a value of type 'int' ... found type 'int'"."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise ValueError(f"{op}: expected `{arg}` to fit in 64 bits (at most {2**63 - 1}), got {value}")
+
+
 def _check_same_device(op: str, *named: Tuple[str, Tensor]) -> None:
     """The fake kernels serve any call that involves a meta tensor, so they check devices as the
     real kernels do: without this a CPU call with one meta argument returns uninitialised memory."""
@@ -523,6 +530,7 @@ def rpca(
     _require_tensor(x, "rpca", "x")
     if init is not None:
         _require_tensor(init, "rpca", "init")
+    _require_int64(max_iter, "rpca", "max_iter")
     out = _ops.rpca.default(
         x, init, mu=mu, lam=lam, max_iter=max_iter, tol=tol, rank=rank, method=method, generator=generator
     )

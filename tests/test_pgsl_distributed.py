@@ -107,7 +107,10 @@ def test_launcher_reports_a_dead_rank(tmp_path):
     out = str(tmp_path / "run")
     p = _pgsl(*ARGS, "--distributed", "--timeout", "8", "--out", out)
     try:
-        _wait_for(os.path.join(out, "config.json"), [p])
+        _wait_for(os.path.join(out, "config.json"), [p])  # the launcher prepares the folder, then starts the ranks
+        start = time.monotonic()
+        while len(_children(p.pid)) < 3 and time.monotonic() - start < 60:
+            time.sleep(0.2)
         kids = _children(p.pid)
         assert len(kids) == 3, kids
         time.sleep(2)
@@ -118,3 +121,31 @@ def test_launcher_reports_a_dead_rank(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_launcher_takes_its_ranks_with_it(tmp_path):
+    out = str(tmp_path / "run")
+    p = _pgsl(*ARGS, "--distributed", "--timeout", "8", "--out", out)
+    try:
+        start = time.monotonic()
+        while len(_children(p.pid)) < 3 and time.monotonic() - start < 120:
+            time.sleep(0.2)
+        kids = _children(p.pid)
+        assert len(kids) == 3, kids
+        os.kill(p.pid, signal.SIGKILL)
+        p.communicate(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(k) for k in kids), "ranks outlived their launcher"
+    finally:
+        for k in _children(p.pid):
+            os.kill(k, signal.SIGKILL)

@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -17,9 +18,9 @@ from pgsl.train import train
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    common = dict(epochs=1, batch_size=32, train_subset=128, eval_subset=48, rpca_iters=5, surrogate_epochs=1, progress=False)
-    for defense in ("none", "pgsl"):
-        train(Config(defense=defense, out=str(root / defense), **common))
+    common = dict(epochs=1, batch_size=32, train_subset=128, eval_subset=48, progress=False)
+    train(Config(defense="none", out=str(root / "none"), **common))
+    train(Config(defense="pgsl", out=str(root / "pgsl"), rpca_iters=5, surrogate_epochs=1, **common))
     return root
 
 
@@ -39,6 +40,13 @@ def test_report_schema(runs, tmp_path):
     assert 0 <= rob["none"]["attacks"]["fgsm"]["transfer"]["accuracy"]["plain"] <= 1
     assert len(on_disk["mu_sweep"]["images"]["mu"]) == 20 and len(on_disk["mu_sweep"]["activations"]["mse"]) == 20
     assert on_disk["paper"]["table2_accuracy_percent"]["jsma"] == {"mias": 46.3, "mnist": 65.4}
+    for name in ("none", "pgsl"):
+        levels = on_disk["privacy"][name]["knowledge_levels"]
+        assert [lv["level"] for lv in levels] == ["query access + auxiliary images"]
+        assert levels[0]["best_attack"] == "decoder" and levels[0]["psnr_vs_clean"] == on_disk["privacy"][name]["decoder"]["metrics_vs_clean"]["psnr"]
+        assert on_disk["runs"][name]["dcor_image_message"] is not None
+    assert 0 <= on_disk["protocol"]["classifier"]["accuracy_on_clean_targets"] <= 1
+    assert "NaN" not in (out / "report.json").read_text() and not re.search(r"\bnan\b", (out / "report.md").read_text())
     md = (out / "report.md").read_text()
     for heading in ("## Privacy: model inversion", "## Accuracy under attack", "## mu sweep", "## The paper's numbers beside ours"):
         assert heading in md

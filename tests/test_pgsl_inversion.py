@@ -8,15 +8,21 @@ import torch
 import torch.nn as nn
 
 from pgsl.data import Split
+from pgsl.defenses import distance_correlation
 from pgsl.evaluate.inversion import (
+    ATTACKS,
+    KNOWLEDGE_LEVELS,
     DLGSettings,
     GradientLeakageAttack,
     UnSplitAttack,
     UnSplitSettings,
     evaluate_privacy,
+    knowledge_levels,
+    match_phase_statistics,
     match_pixel_statistics,
     pixel_statistics,
     total_variation,
+    undo_jsma,
 )
 from pgsl.evaluate.metrics import reconstruction_metrics
 from pgsl.models import SmallCNN, fit_classifier
@@ -72,9 +78,15 @@ def test_ssim_of_unrelated_images_is_small_and_mse_matches_numpy():
     m = reconstruction_metrics(a, b)
     assert abs(m["ssim"]) < 0.1
     assert m["mse"] == pytest.approx(float(((a - b) ** 2).mean()), rel=1e-6)
-    # the plain (V-statistic) dCor of 50 independent 784-pixel images is near 1; the corrected one is not
-    assert m["dcor"] > 0.9
-    assert abs(m["dcor_bias_corrected"]) < 0.1
+    # the plain (V-statistic) dCor of 50 independent 784-pixel images is near 1; the report's, corrected, is not
+    assert float(distance_correlation(a, b)) > 0.9
+    assert abs(m["dcor"]) < 0.1 and m["dcor_bias_corrected"] == m["dcor"]
+
+
+def test_dcor_is_none_where_it_is_not_defined():
+    x = images(3)
+    assert reconstruction_metrics(x, x)["dcor"] is None  # the plain estimate says 1.000 for any 2 or 3 images
+    assert float(distance_correlation(images(2, seed=1), images(2, seed=2))) == pytest.approx(1.0)
 
 
 def test_classifier_accuracy():
@@ -229,3 +241,69 @@ def test_dlg_settings_are_checked(field, value):
 def test_unsplit_restarts_are_checked():
     with pytest.raises(ValueError, match="UnSplitSettings.restarts"):
         UnSplitAttack(UnSplitSettings(restarts=0))
+
+
+# --------------------------------------------------------------------------- what each attacker may use
+
+
+def _digits(n):
+    from pgsl.data import load_mnist5k
+
+    return load_mnist5k().test.subset(torch.arange(n))
+
+
+def test_undo_jsma_recovers_the_clean_pixels_the_map_reveals():
+    """PGSL's client sends conv(unshuffle(x_adv), max_pool(x_adv - x)): with theta 1 every moved
+    pixel ends at 1 and the map holds 1 - x there, so x_adv and the map give the clean pixel."""
+    import pgsl_ext.attacks
+
+    digits = _digits(16)
+    torch.manual_seed(0)
+    surrogate = fit_classifier(SmallCNN(), digits.x, digits.y, epochs=1)
+    x_adv = pgsl_ext.attacks.jsma(surrogate, digits.x, digits.y, theta=1.0, gamma=0.1).adversarial
+    pooled = nn.functional.max_pool2d(x_adv - digits.x, 2)
+    estimate = undo_jsma(x_adv, pooled, theta=1.0)
+    before = float((x_adv - digits.x).pow(2).mean())
+    after = float((estimate - digits.x).pow(2).mean())
+    assert before > 0
+    assert after < 0.25 * before, (before, after)
+    # a block with one pixel moved by more than the tolerance and no other saturated one is recovered exactly
+    moved = (x_adv != digits.x)
+    single = nn.functional.avg_pool2d(moved.float(), 2) * 4 == 1
+    saturated = nn.functional.avg_pool2d((x_adv >= 1 - 0.02).float(), 2) * 4 == 1
+    blocks = nn.functional.interpolate((single & saturated & (pooled > 0.02)).float(), scale_factor=2.0).bool()
+    assert blocks.any()
+    torch.testing.assert_close(estimate[blocks], digits.x[blocks], atol=1e-6, rtol=0)
+
+
+def test_unsplit_fixes_a_separate_affine_map_per_phase():
+    """After the 2x2 unshuffle conv 1 sees each sub-pixel phase as a channel, so UnSplit's stand-in
+    can absorb a different affine map (sign included) per phase: one global fix cannot undo it."""
+    x = _digits(8).x
+    scrambled = x.clone()
+    for (i, j), (a, b) in zip([(0, 0), (0, 1), (1, 0), (1, 1)], [(1.0, 0.0), (-0.5, 0.8), (2.0, -0.3), (-1.0, 1.0)]):
+        scrambled[..., i::2, j::2] = a * x[..., i::2, j::2] + b
+    aux = _digits(200).x
+    stats = pixel_statistics(aux)
+
+    def worst_correlation(fixed):
+        return min(float(torch.corrcoef(torch.stack([f, t]))[0, 1]) for f, t in zip(fixed.flatten(1), x.flatten(1)))
+
+    assert worst_correlation(match_pixel_statistics(scrambled, stats["mean"], stats["std"], stats["skewness"])) < 0.6
+    assert worst_correlation(match_phase_statistics(scrambled, aux, 2)) > 0.95
+    # without an unshuffle (one phase) it is the global fix
+    torch.testing.assert_close(match_phase_statistics(scrambled, aux, 1),
+                               match_pixel_statistics(scrambled, stats["mean"], stats["std"], stats["skewness"]))
+
+
+def test_no_knowledge_level_scores_below_a_weaker_one():
+    def result(psnr):
+        return {"metrics_vs_clean": {"psnr": psnr, "ssim": psnr / 100}}
+
+    levels = knowledge_levels({"decoder": result(20.0), "unsplit": result(10.0), "whitebox": result(15.0), "dlg": result(12.0)})
+    assert [lv["level"] for lv in levels] == list(KNOWLEDGE_LEVELS)
+    assert [lv["best_attack"] for lv in levels] == ["decoder"] * 4
+    assert [lv["psnr_vs_clean"] for lv in levels] == [20.0] * 4
+    levels = knowledge_levels({"decoder": result(20.0), "whitebox": result(30.0), "knowledge_levels": []})
+    assert [(lv["best_attack"], lv["psnr_vs_clean"]) for lv in levels] == [("decoder", 20.0), ("whitebox", 30.0)]
+    assert sorted(ATTACKS[a].level for a in ATTACKS) == list(range(len(KNOWLEDGE_LEVELS)))

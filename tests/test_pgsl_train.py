@@ -21,10 +21,9 @@ import pgsl_ext.ops
 
 def tiny(tmp_path, name="run", **kw) -> Config:
     """A run small enough for CI: 128 training images, 64 validation and test images."""
-    base = dict(
-        out=str(tmp_path / name), epochs=1, batch_size=32, train_subset=128, eval_subset=64, rpca_iters=5,
-        surrogate_epochs=1, progress=False,
-    )
+    base = dict(out=str(tmp_path / name), epochs=1, batch_size=32, train_subset=128, eval_subset=64, progress=False)
+    if kw.get("defense", "pgsl") == "pgsl":
+        base.update(rpca_iters=5, surrogate_epochs=1)
     base.update(kw)
     return Config(**base)
 
@@ -107,7 +106,7 @@ class RecordingHub(LocalHub):
         return link
 
 
-@pytest.mark.parametrize("defense", ["pgsl", "none"])
+@pytest.mark.parametrize("defense", ["pgsl", "none", "arch"])
 def test_what_crosses_the_wire(tmp_path, monkeypatch, defense):
     import pgsl.train as train_module
 
@@ -115,7 +114,7 @@ def test_what_crosses_the_wire(tmp_path, monkeypatch, defense):
     monkeypatch.setattr(train_module, "LocalHub", lambda: hub)
     cfg = tiny(tmp_path, defense=defense, clients=2, train_subset=96)
     train(cfg)
-    side = 14 if defense == "pgsl" else 28
+    side = 14 if defense in ("pgsl", "arch") else 28
     kinds_to_server = set()
     for src, dst, kind, tensors in hub.log:
         for t in tensors:
@@ -190,6 +189,19 @@ def test_nopeek_and_noise_change_training_and_vanish_at_strength_zero(tmp_path):
         assert off["test_accuracy"] == plain["test_accuracy"]
 
 
+def test_architecture_control_runs_pgsl_nets_without_its_defence(tmp_path):
+    """--defense arch: PGSL's unshuffled input (zero map) and three streams, no JSMA, no rpca."""
+    m = train(tiny(tmp_path, defense="arch"))
+    assert set(m["stream_accuracy"]) == {"attacked", "fusion", "recovered"} and "rpca" not in m
+    assert not os.path.exists(tmp_path / "run" / "client1_attack.pt")
+    run = restore(str(tmp_path / "run"))
+    x = run.dataset.test.x[:4]
+    assert run.client.net[0][0].in_channels == 5
+    torch.testing.assert_close(run.client.net_input(x), pgsl_ext.ops.pixel_unshuffle_concat(x, torch.zeros_like(x), 2))
+    logits = run.server.logits(run.messages(x))
+    assert set(logits) == {"attacked", "fusion", "recovered"} and run.server.rpca_matrices == 0
+
+
 def test_restore_epoch_0_rebuilds_the_weights_training_started_from(tmp_path, monkeypatch):
     """What gradient leakage attacks at the first step: the weights the first step saw."""
     from pgsl.client import Client
@@ -230,7 +242,7 @@ def test_restore_epoch_0_rebuilds_the_weights_training_started_from(tmp_path, mo
 
 def test_resume_guards(tmp_path):
     train(tiny(tmp_path, defense="none"))
-    with pytest.raises(RunError, match="holds an earlier run's checkpoints; pass --resume"):
+    with pytest.raises(RunError, match="not empty .*pass --resume to continue it"):
         train(tiny(tmp_path, defense="none"))
     with pytest.raises(RunError, match="--resume: --seed is 1, but the run in .* used 0"):
         train(tiny(tmp_path, defense="none", seed=1, resume=True))

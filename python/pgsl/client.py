@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import rundir
-from .config import Config
+from .config import PGSL_ARCHITECTURE, Config
 from .data import Dataset, Split
 from .defenses import Ops, distance_correlation, laplace_noise
 from .errors import PeerError, RunError
@@ -67,7 +67,7 @@ class Client:
         self.device = torch.device(cfg.device)
         self.ops = Ops.named(cfg.ops)
         in_channels = self.image_shape[0]
-        if cfg.defense == "pgsl":
+        if cfg.defense in PGSL_ARCHITECTURE:
             in_channels = in_channels * 4 + 1  # 2x2 unshuffle + the perturbation map
         self.net = ClientNet(in_channels).to(self.device)
         self.opt, self.sched = optimizer(self.net.parameters(), cfg)
@@ -96,10 +96,16 @@ class Client:
         c, h, w = self.image_shape
         self.surrogate = SmallCNN(self.num_classes, h, c).to(self.device)
         if cache is not None:
-            self.surrogate.load_state_dict(cache["surrogate"])
+            try:
+                self.surrogate.load_state_dict(cache["surrogate"])
+                for name, held in self.data.items():
+                    attacked = cache["attacked"][name]
+                    if not isinstance(attacked, Tensor) or attacked.shape != held.split.x.shape:
+                        raise ValueError(f"its {name!r} images do not match this client's")
+                    held.attacked = attacked.to(self.device)
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise RunError(f"client {self.index}'s attack cache does not fit this run ({str(e).splitlines()[0]})") from None
             self.surrogate.eval()
-            for name, held in self.data.items():
-                held.attacked = cache["attacked"][name].to(self.device)
             return cache
         train = self.data["train"].split
         with torch.random.fork_rng(devices=[]):
@@ -131,7 +137,9 @@ class Client:
         perturbation map)`` (the map summed over colour channels), with ``x_adv`` the attacked
         images (default: attacked now). ``bpda=True`` makes it differentiable in ``x`` for an
         attacker: the JSMA step's gradient is the identity and its map a constant (BPDA,
-        Athalye et al. 2018)."""
+        Athalye et al. 2018). ``--defense arch``: the unshuffle with an all-zero map (no JSMA)."""
+        if self.cfg.defense == "arch":
+            return self.ops.pixel_unshuffle_concat(x, torch.zeros_like(x[:, :1]), 2)
         if self.cfg.defense != "pgsl":
             return x
         if x_adv is None:
@@ -175,10 +183,15 @@ class Client:
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "noise": self.noise.get_state()}
 
     def load_state(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
-        self.noise.set_state(state["noise"])
+        try:
+            self.net.load_state_dict(state["net"])
+            self.opt.load_state_dict(state["opt"])
+            self.sched.load_state_dict(state["sched"])
+            self.noise.set_state(state["noise"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise RunError(f"client {self.index}: the saved client half does not fit this run ({str(e).splitlines()[0]})") from None
+        if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
+            raise RunError(f"client {self.index}: the saved client half holds non-finite weights (a diverged run)")
 
     # ------------------------------------------------------------------ the role in the run
 
@@ -187,7 +200,7 @@ class Client:
         cache_path = os.path.join(self.cfg.out, f"client{self.index}_attack.pt")
         cache = None
         if self.cfg.resume and os.path.exists(cache_path):
-            cache = torch.load(cache_path, weights_only=True)
+            cache = rundir.load_cache(cache_path)
         elif self.cfg.defense == "pgsl":
             print(f"client {self.index}: training the JSMA surrogate and attacking {sum(len(d.split) for d in self.data.values())} images", flush=True)
         fresh = self.prepare(cache)
@@ -205,6 +218,8 @@ class Client:
             self.load_state(state["client"])
             self.history = list(state["history"])
             self.seconds = list(state["seconds"])
+            # a process killed between this checkpoint and metrics.json left them apart
+            self.write_metrics()
             print(f"resuming after epoch {start} (checkpoints in {self.cfg.out})", flush=True)
         return start
 
@@ -299,8 +314,11 @@ class Client:
                 "seconds": float(summary[3]),
             }
         record["server_seconds"] = float(summary[4])
+        if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
+            raise RunError(f"epoch {epoch + 1}: the client's weights are no longer finite: training diverged (try a smaller --lr "
+                           f"than {self.cfg.lr:g}); the last checkpoint is kept")
         self.history.append(record)
-        state = {"client": self.state(), "history": self.history, "seconds": self.seconds, "epoch": epoch + 1}
+        state = {"client": self.state(), "history": self.history, "seconds": self.seconds}
         rundir.checkpoint(self.cfg.out, "client", epoch + 1, state)
         self.write_metrics()
         streams_text = ", ".join(f"{s} {a:.4f}" for s, a in record["stream_test_accuracy"].items())
@@ -329,9 +347,10 @@ class Client:
             "config": self.cfg.to_json(),
             "history": self.history,
         }
-        if self.cfg.defense == "pgsl":
+        if self.cfg.defense in PGSL_ARCHITECTURE:
             metrics["stream_accuracy"] = last["stream_test_accuracy"]
             metrics["weights"] = last["weights"]
+        if "rpca" in last:
             metrics["rpca"] = last["rpca"]
         rundir.write_json(metrics, os.path.join(self.cfg.out, "metrics.json"))
         try:

@@ -19,7 +19,9 @@ from .errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "DEFENSES", "add_arguments", "from_arguments"]
 
-DEFENSES = ("pgsl", "none", "noise", "nopeek")
+DEFENSES = ("pgsl", "none", "noise", "nopeek", "arch")
+# The defences whose client unshuffles its images and whose server runs three streams.
+PGSL_ARCHITECTURE = ("pgsl", "arch")
 
 # Options that may differ between a run and its --resume.
 RESUMABLE = ("epochs", "resume", "out", "distributed", "timeout", "progress", "device")
@@ -46,14 +48,38 @@ def _finite(check: Callable[[float], bool]) -> Callable[[float], bool]:
     return lambda v: math.isfinite(v) and check(v)
 
 
+def _is_type(value, like) -> bool:
+    """Whether ``value`` has the type of the default ``like`` (an int where an int is due, never a
+    bool; any real number where a float is; three real numbers for the fusion weights)."""
+    if isinstance(like, bool):
+        return isinstance(value, bool)
+    if isinstance(like, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(like, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(like, tuple):
+        return isinstance(value, (tuple, list)) and all(_is_type(v, 0.0) for v in value)
+    return isinstance(value, type(like))
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "three numbers"}
+SEED_LIMIT = 2**32  # the generators are seeded with seed * 1009 * 1013 + ...: keep that within 64 bits
+INT32_MAX = 2**31 - 1  # what the ops take as an iteration count
+HEARTBEAT = 1.0  # seconds between a distributed rank's heartbeats (pgsl.transport)
+
+
 def option(default, help: str, *, group: str, check: Optional[Callable[[Any], bool]] = None, expected: str = "",
-           parse: Optional[Callable] = None, choices=None, metavar: Optional[str] = None, flag: Optional[str] = None):
+           parse: Optional[Callable] = None, choices=None, metavar: Optional[str] = None, flag: Optional[str] = None,
+           applies_to: Optional[Tuple[str, ...]] = None):
     """A field of :class:`Config` with what the CLI and :meth:`Config.check` need.
 
-    ``check(value) -> bool`` with ``expected`` (what the error says was expected); ``parse``: the
-    argparse type (default: from the default's type); ``flag``: the CLI flag when it is not
-    ``--<name>`` (e.g. ``--no-progress`` stores False)."""
-    meta = dict(help=help, group=group, check=check, expected=expected, parse=parse, choices=choices, metavar=metavar, flag=flag)
+    ``check(value) -> bool`` with ``expected`` (what the error says was expected), tried after
+    the value's type (that of the default) is checked; ``parse``: the argparse type (default:
+    from the default's type); ``flag``: the CLI flag when it is not ``--<name>`` (e.g.
+    ``--no-progress`` stores False); ``applies_to``: the defences the option acts on (another
+    defence with a value other than the default is refused rather than silently ignored)."""
+    meta = dict(help=help, group=group, check=check, expected=expected, parse=parse, choices=choices, metavar=metavar, flag=flag,
+                applies_to=applies_to)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -71,9 +97,12 @@ class Config:
     batch_size: int = option(128, "training batch size", group=RUN, check=lambda v: v >= 2,
                              expected="an integer >= 2 (BatchNorm needs two images)")
     defense: str = option("pgsl", "pgsl; none = plain split learning (the baseline); noise = Laplacian noise on the activations; "
-                          "nopeek = distance-correlation loss", group=RUN, choices=DEFENSES)
-    seed: int = option(0, "seed of initialisation, shards and shuffling", group=RUN)
-    out: str = option("runs/pgsl", "run folder (metrics, plot, checkpoints)", group=RUN)
+                          "nopeek = distance-correlation loss; arch = PGSL's architecture (unshuffle with a zero map, three streams) "
+                          "without its defence (no JSMA, no rpca): a control", group=RUN, choices=DEFENSES)
+    seed: int = option(0, "seed of initialisation, shards and shuffling", group=RUN, check=lambda v: 0 <= v < SEED_LIMIT,
+                       expected=f"an integer from 0 to {SEED_LIMIT - 1}")
+    out: str = option("runs/pgsl", "run folder (metrics, plot, checkpoints)", group=RUN, check=lambda v: v.strip() != "",
+                      expected="a folder name")
     resume: bool = option(False, "continue the run in --out after its last complete epoch", group=RUN)
     device: str = option("cpu", "cpu or cuda", group=RUN, check=lambda v: v in ("cpu", "cuda") or v.startswith("cuda:"),
                          expected="cpu or cuda")
@@ -83,7 +112,9 @@ class Config:
                               check=lambda v: v >= 0, expected="an integer >= 0 (0: all)")
     eval_batch_size: int = option(500, "batch size for scoring validation and test images", group=RUN,
                                   check=lambda v: v >= 1, expected="an integer >= 1")
-    mias_size: int = option(64, "side of the MIAS images after resizing from 1024", group=RUN)
+    mias_size: int = option(64, "side of the MIAS images after resizing from 1024", group=RUN,
+                            check=lambda v: 12 <= v <= 1024 and v % 2 == 0,
+                            expected="an even size from 12 (the surrogate's smallest input) to 1024")
     progress: bool = option(True, "no progress bars", group=RUN, flag="--no-progress")
     # -- clients and transport
     clients: int = option(1, "number of clients K (sequential split learning)", group=CLIENTS, check=lambda v: v >= 1,
@@ -91,44 +122,57 @@ class Config:
     distributed: bool = option(False, "run server and clients as processes over torch.distributed (started locally, or one rank "
                                "each under torchrun)", group=CLIENTS)
     timeout: float = option(120.0, "seconds a silent peer is waited for before the run ends with an error", group=CLIENTS,
-                            check=_finite(lambda v: v > 0), expected="a number of seconds > 0")
+                            check=_finite(lambda v: 2 * HEARTBEAT <= v <= 1e6),
+                            expected=f"a number of seconds from {2 * HEARTBEAT:g} (twice the heartbeat) to 1e6")
     # -- PGSL
-    mu: float = option(0.55, "rpca relaxation mu", group=PGSL, check=_finite(lambda v: v > 0), expected="a number > 0")
+    mu: float = option(0.55, "rpca relaxation mu", group=PGSL, check=_finite(lambda v: v > 0), expected="a number > 0",
+                       applies_to=("pgsl",))
     rpca_iters: int = option(200, "rpca iteration cap per activation map (trained maps converge in ~40-120 iterations; the cap "
-                             "only bounds a pathological map)", group=PGSL, check=lambda v: v >= 1, expected="an integer >= 1")
+                             "only bounds a pathological map)", group=PGSL, check=lambda v: 1 <= v <= INT32_MAX,
+                             expected=f"an integer from 1 to {INT32_MAX}", applies_to=("pgsl",))
     rpca_tol: float = option(1e-7, "rpca stopping tolerance (relative optimality residual)", group=PGSL,
-                             check=_finite(lambda v: v > 0), expected="a number > 0")
+                             check=_finite(lambda v: v > 0), expected="a number > 0", applies_to=("pgsl",))
     rpca_grad: str = option("detach", "gradient through rpca in the fusion stream: detach (L is a constant) or identity "
-                            "(straight-through)", group=PGSL, choices=("detach", "identity"))
+                            "(straight-through)", group=PGSL, choices=("detach", "identity"), applies_to=("pgsl",))
     fusion_weights: Tuple[float, ...] = option(
         (0.5, 0.3, 0.2), "initial decision weights of the attacked, fusion and recovered streams", group=PGSL, parse=_weights,
-        metavar="A,F,R", check=lambda v: len(v) == 3 and all(w >= 0 for w in v) and sum(v) > 0,
-        expected="three weights >= 0 (attacked,fusion,recovered) with a positive sum")
+        metavar="A,F,R", check=lambda v: len(v) == 3 and all(math.isfinite(w) and w >= 0 for w in v) and 0 < sum(v) < math.inf,
+        expected="three finite weights >= 0 (attacked,fusion,recovered) with a positive finite sum", applies_to=PGSL_ARCHITECTURE)
     jsma_gamma: float = option(0.1, "fraction of pixels the client's JSMA may change", group=PGSL, check=lambda v: 0 < v <= 1,
-                               expected="a fraction in (0, 1]")
-    jsma_theta: float = option(1.0, "JSMA step per pixel", group=PGSL, check=_finite(lambda v: v != 0), expected="a non-zero number")
+                               expected="a fraction in (0, 1]", applies_to=("pgsl",))
+    jsma_theta: float = option(1.0, "JSMA step per pixel", group=PGSL, check=_finite(lambda v: v != 0), expected="a non-zero number",
+                               applies_to=("pgsl",))
     surrogate_epochs: int = option(2, "epochs of the client's surrogate classifier", group=PGSL, check=lambda v: v >= 1,
-                                   expected="an integer >= 1")
+                                   expected="an integer >= 1", applies_to=("pgsl",))
     ops: str = option("ext", "pgsl_ext ops, or the plain-PyTorch references", group=PGSL, choices=("ext", "reference"))
     # -- baseline defences
     noise_scale: float = option(1.0, "Laplace scale of --defense noise", group=BASELINES, check=_finite(lambda v: v >= 0),
-                                expected="a number >= 0")
+                                expected="a number >= 0", applies_to=("noise",))
     nopeek_weight: float = option(1.0, "distance-correlation weight of --defense nopeek", group=BASELINES,
-                                  check=_finite(lambda v: v >= 0), expected="a number >= 0")
+                                  check=_finite(lambda v: v >= 0), expected="a number >= 0", applies_to=("nopeek",))
     # -- optimiser
     lr: float = option(1e-3, "Adam learning rate", group=OPTIMISER, check=_finite(lambda v: v > 0), expected="a number > 0")
     lr_decay: float = option(3e-4, "Keras-style decay: lr / (1 + decay * step)", group=OPTIMISER,
                              check=_finite(lambda v: v >= 0), expected="a number >= 0")
 
     def check(self) -> None:
-        """Raise :class:`ConfigError` naming the first option with a value it cannot take."""
+        """Raise :class:`ConfigError` naming the first option with a value it cannot take: of the
+        wrong type, out of range, or set for a defence it does not act on."""
         for f in dataclasses.fields(self):
             value, meta = getattr(self, f.name), f.metadata
+            like = f.default
+            flag = meta["flag"] or f"--{_flag_name(f.name)}"
+            if not _is_type(value, like):
+                raise ConfigError(f"{flag}: expected {_KINDS[type(like)]}, got {value!r}")
             choices = meta["choices"]
             if choices is not None and value not in choices:
-                raise ConfigError(f"--{_flag_name(f.name)}: expected {_choices_text(choices)}, got {value!r}")
+                raise ConfigError(f"{flag}: expected {_choices_text(choices)}, got {value!r}")
             if meta["check"] is not None and not meta["check"](value):
-                raise ConfigError(f"--{_flag_name(f.name)}: expected {meta['expected']}, got {value!r}")
+                raise ConfigError(f"{flag}: expected {meta['expected']}, got {value!r}")
+            applies_to = meta["applies_to"]
+            if applies_to is not None and self.defense not in applies_to and value != like:
+                raise ConfigError(f"{flag}: acts on --defense {' or '.join(applies_to)} only, and this run is "
+                                  f"--defense {self.defense} (leave it at its default, {like!r})")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"--device {self.device}: no CUDA device is visible (torch.cuda.is_available() is False)")
 

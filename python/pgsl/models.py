@@ -140,8 +140,9 @@ class PGSLServerNet(nn.Module):
 
 
 def stream_names(defense: str) -> Sequence[str]:
-    """The server's streams under ``defense``: PGSL's three, or the baselines' one."""
-    return PGSLServerNet.streams if defense == "pgsl" else PlainServerNet.streams
+    """The server's streams under ``defense``: PGSL's three (``pgsl`` and its architecture
+    control ``arch``), or the baselines' one."""
+    return PGSLServerNet.streams if defense in ("pgsl", "arch") else PlainServerNet.streams
 
 
 def fuse(stream_probs: Tensor, weights: Tensor) -> Tensor:

@@ -12,10 +12,14 @@ Checkpoints load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
 import os
 import platform
 import subprocess
+import uuid
 from typing import Optional, Tuple
 
 import torch
@@ -23,15 +27,19 @@ import torch
 import pgsl_ext
 
 from .config import RESUMABLE, Config
-from .errors import RunError
+from .errors import ConfigError, RunError
 
 __all__ = [
     "checkpoint",
     "git_commit",
+    "load_cache",
     "load_checkpoint",
     "load_config_and_metrics",
+    "lock",
     "marker",
     "prepare",
+    "read_json",
+    "run_id",
     "save",
     "versions",
     "write_json",
@@ -39,9 +47,17 @@ __all__ = [
 
 
 def _atomic_write(path: str, write) -> None:
+    """``write(tmp)`` then rename onto ``path``: a reader sees the old file or the new one, never a
+    part. A failure (a full disk, a read-only folder) leaves no temporary file and names the file."""
     tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise RunError(f"{path}: cannot be written ({reason}; is the disk full or the folder read-only?)") from None
 
 
 def save(obj, path: str) -> None:
@@ -62,15 +78,15 @@ def marker(out: str, half: str) -> int:
     path = os.path.join(out, f"{half}.json")
     if not os.path.exists(path):
         return 0
-    try:
-        with open(path) as f:
-            return int(json.load(f)["epoch"])
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-        raise RunError(f"{path}: not a checkpoint marker (expected {{\"epoch\": N}})") from None
+    epoch = read_json(path, "a checkpoint marker").get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise RunError(f"{path}: not a checkpoint marker (expected {{\"epoch\": N}} with N >= 1, got {epoch!r})")
+    return epoch
 
 
 def checkpoint(out: str, half: str, epoch: int, state: dict) -> None:
-    save(state, os.path.join(out, f"{half}_epoch{epoch}.pt"))
+    """Save ``half``'s state after ``epoch`` (with this run's identity), then its marker."""
+    save(dict(state, epoch=epoch, run_id=run_id(out)), os.path.join(out, f"{half}_epoch{epoch}.pt"))
     write_json({"epoch": epoch}, os.path.join(out, f"{half}.json"))
     old = os.path.join(out, f"{half}_epoch{epoch - 2}.pt")
     if os.path.exists(old):
@@ -78,42 +94,134 @@ def checkpoint(out: str, half: str, epoch: int, state: dict) -> None:
 
 
 def load_checkpoint(out: str, half: str, epoch: int) -> dict:
+    """``half``'s checkpoint after ``epoch``, checked to be that and to belong to this run."""
     path = os.path.join(out, f"{half}_epoch{epoch}.pt")
     try:
-        return torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True)
     except FileNotFoundError:
         raise RunError(f"--resume: {path} is missing (the {half} half of epoch {epoch})") from None
-    except Exception as e:  # a truncated or foreign file
-        raise RunError(f"--resume: {path} cannot be loaded ({type(e).__name__}: {e})") from None
+    except Exception as e:  # a truncated, foreign or malicious file (weights_only refuses to run code)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"{path}: cannot be loaded as a checkpoint ({type(e).__name__}: {first})") from None
+    if not isinstance(state, dict) or not isinstance(state.get(half), dict) or state.get("epoch") != epoch:
+        raise RunError(f"{path}: not the {half} half of epoch {epoch} (expected a dict with '{half}' and 'epoch': {epoch})")
+    expected = run_id(out)
+    if expected is not None and state.get("run_id") != expected:
+        raise RunError(f"{path}: belongs to another run (run id {state.get('run_id')!r}; this folder's run is {expected!r})")
+    return state
+
+
+def load_cache(path: str) -> dict:
+    """A client's cached surrogate and attacked images (``client{k}_attack.pt``), checked."""
+    try:
+        cache = torch.load(path, weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"{path}: cannot be loaded as the client's attack cache ({type(e).__name__}: {first})") from None
+    if not isinstance(cache, dict) or not isinstance(cache.get("surrogate"), dict) or not isinstance(cache.get("attacked"), dict):
+        raise RunError(f"{path}: not a client's attack cache (expected a dict with 'surrogate' and 'attacked')")
+    return cache
+
+
+_LOCKS = {}  # run folder -> the open lock file this process holds for its lifetime
+
+
+def lock(out: str) -> None:
+    """Hold ``out/.lock`` for the rest of this process: a second writer is refused, not mixed in."""
+    if out in _LOCKS:
+        return
+    path = os.path.join(out, ".lock")
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunError(f"--out {out}: another pgsl train ({holder}) is writing to this run folder") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    _LOCKS[out] = f
 
 
 def prepare(cfg: Config) -> None:
-    """Create ``cfg.out`` and write ``config.json``; with ``--resume`` the options that fix the
-    run must match the saved ones, without it the folder must not hold a run."""
-    os.makedirs(cfg.out, exist_ok=True)
-    path = os.path.join(cfg.out, "config.json")
-    mine = {k: v for k, v in cfg.to_json().items() if k not in RESUMABLE}
-    if cfg.resume and os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    """Make ``cfg.out`` this run's folder: create it, lock it, and write ``config.json``. Without
+    ``--resume`` the folder must hold nothing; with it, a run whose fixed options match. Call it
+    after everything else is checked: a refused command changes nothing on disk."""
+    out = cfg.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunError(f"--out {out}: is a file; expected a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"--out {out}: cannot be created ({e.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise RunError(f"--out {out}: is not writable")
+    lock(out)
+    path = os.path.join(out, "config.json")
+    mine = cfg.to_json()
+    if cfg.resume:
+        if not os.path.exists(path):
+            raise RunError(f"--resume: {out} holds no run (no config.json); leave out --resume to start one there")
+        saved = read_json(path, "a run's options")
         for key, value in mine.items():
-            if key in saved and saved[key] != value:
+            if key not in RESUMABLE and key in saved and saved[key] != value:
                 option = key.replace("_", "-")
-                raise RunError(f"--resume: --{option} is {value!r}, but the run in {cfg.out} used {saved[key]!r}")
-    elif not cfg.resume and any(os.path.exists(os.path.join(cfg.out, f)) for f in ("client.json", "server.json")):
-        raise RunError(f"--out {cfg.out}: holds an earlier run's checkpoints; pass --resume to continue it or choose another folder")
-    write_json(cfg.to_json(), path)
+                raise RunError(f"--resume: --{option} is {value!r}, but the run in {out} used {saved[key]!r}")
+        for name in os.listdir(out):  # left by a process killed while writing
+            if ".tmp" in name:
+                os.remove(os.path.join(out, name))
+        if cfg.epochs <= int(saved.get("epochs", 0)):
+            return  # config.json keeps the longest run asked for
+        mine["run_id"] = saved.get("run_id")
+    else:
+        held = sorted(n for n in os.listdir(out) if n != ".lock")
+        if held:
+            shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+            hint = "pass --resume to continue it" if "config.json" in held else "choose an empty or a new folder"
+            raise RunError(f"--out {out}: not empty (holds {shown}); {hint}")
+        mine["run_id"] = uuid.uuid4().hex
+    write_json(mine, path)
+
+
+def run_id(out: str) -> Optional[str]:
+    """The identity ``prepare`` gave the run in ``out`` (None for folders from before it did)."""
+    return read_json(os.path.join(out, "config.json"), "a run's options").get("run_id")
+
+
+def read_json(path: str, what: str) -> dict:
+    """A JSON object from ``path``, or a :class:`RunError` naming the file and ``what`` it should hold."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path}: cannot be read as {what} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path}: expected {what} (a JSON object), got a {type(value).__name__}")
+    return value
+
+
+METRICS_KEYS = ("test_accuracy", "val_accuracy", "epochs", "defense", "data", "history")
 
 
 def load_config_and_metrics(folder: str) -> Tuple[Config, dict]:
-    """The config and metrics of a finished ``pgsl train`` folder."""
+    """The config and metrics of a finished ``pgsl train`` folder, checked."""
     for name in ("config.json", "metrics.json", "client.json", "server.json"):
         if not os.path.isfile(os.path.join(folder, name)):
             raise RunError(f"--run {folder}: not a finished pgsl train folder ({name} is missing)")
-    with open(os.path.join(folder, "config.json")) as f:
-        cfg = Config.from_json(json.load(f))
-    with open(os.path.join(folder, "metrics.json")) as f:
-        metrics = json.load(f)
+    path = os.path.join(folder, "config.json")
+    try:
+        cfg = Config.from_json(read_json(path, "a run's options"))
+        dataclasses.replace(cfg, device="cpu").check()  # the device it ran on need not be here
+    except (TypeError, ConfigError) as e:
+        raise RunError(f"{path}: not a valid pgsl train config ({e})") from None
+    path = os.path.join(folder, "metrics.json")
+    metrics = read_json(path, "a run's metrics")
+    missing = [k for k in METRICS_KEYS if k not in metrics]
+    if missing:
+        raise RunError(f"{path}: not a pgsl train metrics file (no {', '.join(missing)})")
     return cfg, metrics
 
 

@@ -23,7 +23,7 @@ from . import rundir
 from .client import Client
 from .config import Config
 from .data import Dataset
-from .errors import RunError
+from .errors import ConfigError, RunError
 from .models import fuse
 from .server import Server
 from .transport import LocalHub
@@ -152,6 +152,10 @@ def restore(folder: str, *, device: str = "cpu", epoch: Optional[int] = None) ->
     way (they are fixed before training)."""
     cfg, metrics = rundir.load_config_and_metrics(folder)
     cfg.out, cfg.resume, cfg.device, cfg.progress = folder, True, device, False
+    try:
+        cfg.check()
+    except ConfigError as e:
+        raise RunError(f"device: {e}") from None
     last = min(rundir.marker(folder, "client"), rundir.marker(folder, "server"))
     if last < 1:
         raise RunError(f"--run {folder}: no complete epoch to load")

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import rundir
-from .config import Config
+from .config import PGSL_ARCHITECTURE, Config
 from .data import Dataset
 from .defenses import Ops
+from .errors import RunError
 from .models import AdaptiveFusion, PGSLServerNet, PlainServerNet, optimizer
 from .protocol import schedule
 from .transport import Link
@@ -33,7 +34,7 @@ class Server:
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         self.ops = Ops.named(cfg.ops)
-        if cfg.defense == "pgsl":
+        if cfg.defense in PGSL_ARCHITECTURE:
             self.net = PGSLServerNet(num_classes, rpca_grad=cfg.rpca_grad).to(self.device)
             self.fusion = AdaptiveFusion(cfg.fusion_weights).to(self.device)
         else:
@@ -82,12 +83,13 @@ class Server:
         """Per-stream logits for ``activations``, in whatever mode the net is in. Training's
         gradient routes by default (only the fusion stream's gradient reaches the activations);
         ``bpda=True``: differentiable along every path, rpca's gradient taken as the identity
-        (BPDA), for an attacker."""
-        if self.cfg.defense != "pgsl":
+        (BPDA), for an attacker. ``--defense arch``: no rpca, the recovered stream sees the
+        received map itself."""
+        if self.cfg.defense not in PGSL_ARCHITECTURE:
             start = time.perf_counter()
             out = self.net(activations)
         else:
-            low_rank = self.low_rank(activations, rpca_iters=rpca_iters)
+            low_rank = self.low_rank(activations, rpca_iters=rpca_iters) if self.cfg.defense == "pgsl" else activations.detach()
             start = time.perf_counter()
             if bpda:
                 out = self.net(activations, activations + (low_rank - activations).detach(), route_gradients=False)
@@ -106,6 +108,9 @@ class Server:
             self.rng_state = torch.get_rng_state()
         start = time.perf_counter()
         losses = torch.stack([F.cross_entropy(z, labels) for z in out.values()])
+        if not bool(torch.isfinite(losses).all()):
+            raise RunError(f"a training loss is not finite ({losses.tolist()}): training diverged (try a smaller --lr than "
+                           f"{self.cfg.lr:g}); the last checkpoint is kept")
         correct = torch.stack([(z.argmax(1) == labels).sum() for z in out.values()])
         self.opt.zero_grad()
         losses.sum().backward()
@@ -132,11 +137,16 @@ class Server:
         }
 
     def load_state(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
-        self.fusion.load_state_dict(state["fusion"])
-        self.rng_state = state["rng"]
+        try:
+            self.net.load_state_dict(state["net"])
+            self.opt.load_state_dict(state["opt"])
+            self.sched.load_state_dict(state["sched"])
+            self.fusion.load_state_dict(state["fusion"])
+            self.rng_state = state["rng"]
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise RunError(f"the saved server half does not fit this run ({str(e).splitlines()[0]})") from None
+        if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
+            raise RunError("the saved server half holds non-finite weights (a diverged run)")
 
     # ------------------------------------------------------------------ the role in the run
 
@@ -175,7 +185,7 @@ class Server:
         return start
 
     def epoch_end(self, epoch: int) -> List[Tensor]:
-        rundir.checkpoint(self.cfg.out, "server", epoch, {"server": self.state(), "epoch": epoch})
+        rundir.checkpoint(self.cfg.out, "server", epoch, {"server": self.state()})
         matrices = max(self.rpca_matrices, 1)
         summary = torch.tensor(
             [self.images, self.rpca_iterations / matrices, self.rpca_converged / matrices, self.rpca_seconds, self.seconds],

@@ -38,15 +38,22 @@ from .transport import DistributedLink, LocalHub, init_from_env, role
 __all__ = ["launch_local", "train", "train_rank"]
 
 
+def _checked(cfg: Config):
+    """Every option, the data and each client's shard checked before anything is written or
+    started; returns the dataset and the shards."""
+    cfg.check()
+    dataset = cfg.dataset()
+    return dataset, [client_splits(dataset, cfg, k) for k in range(1, cfg.clients + 1)]
+
+
 def train(cfg: Config) -> dict:
     """Run in one process (every client and the server here); returns the metrics dict."""
-    cfg.check()
+    dataset, shards = _checked(cfg)
     rundir.prepare(cfg)
-    dataset = cfg.dataset()
     hub = LocalHub()
     server = Server.new(cfg, dataset)
     hub.handlers[0] = server.handle
-    clients = [Client.new(cfg, k, hub.link(k), dataset, client_splits(dataset, cfg, k)) for k in range(1, cfg.clients + 1)]
+    clients = [Client.new(cfg, k, hub.link(k), dataset, shards[k - 1]) for k in range(1, cfg.clients + 1)]
     for client in clients:
         client.prepare_attack()
     start = [client.hello() for client in clients][0]
@@ -66,11 +73,11 @@ def train_rank(cfg: Config) -> None:
         raise RunError(f"--clients {cfg.clients}: needs a world of {cfg.clients + 1} processes (server + clients), torchrun started {world}")
     if cfg.device.startswith("cuda"):
         cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-    if rank == 1:
-        rundir.prepare(cfg)
+    dataset, _ = _checked(cfg)
+    if rank == 1 and os.environ.get(PREPARED) != os.path.abspath(cfg.out):
+        rundir.prepare(cfg)  # under torchrun; launch_local prepares the folder before it starts the ranks
     else:
         os.makedirs(cfg.out, exist_ok=True)
-    dataset = cfg.dataset()
     link = DistributedLink(timeout=cfg.timeout, device=torch.device(cfg.device))
     try:
         if rank == 0:
@@ -86,6 +93,21 @@ def train_rank(cfg: Config) -> None:
         link.close()
 
 
+# Set by launch_local for its ranks: the run folder it has prepared and holds locked.
+PREPARED = "PGSL_PREPARED_OUT"
+
+
+def _die_with_parent() -> None:
+    """In a rank started by launch_local: be killed when the launcher dies (Linux), so a killed
+    launcher leaves no rank behind to collide with a restart."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -96,14 +118,16 @@ def launch_local(cfg: Config, argv: Sequence[str]) -> int:
     """``--distributed`` without torchrun: start the server and K clients as local processes
     (gloo over loopback, or NCCL with ``--device cuda``) and wait for them. When one fails, the
     others get ``--timeout`` seconds to notice and exit, then are killed; returns the exit code."""
-    cfg.check()
+    _checked(cfg)
+    rundir.prepare(cfg)
     world = cfg.clients + 1
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world))
+    env[PREPARED] = os.path.abspath(cfg.out)
     threads = max(1, (os.cpu_count() or 1) // world)
     procs = []
     for rank in range(world):
         child_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), OMP_NUM_THREADS=str(threads))
-        procs.append(subprocess.Popen([sys.executable, "-m", "pgsl.cli", *argv], env=child_env))
+        procs.append(subprocess.Popen([sys.executable, "-m", "pgsl.cli", *argv], env=child_env, preexec_fn=_die_with_parent))
     failed_at = None
     code = 0
     try:

@@ -91,20 +91,28 @@ def accuracy_bars(rob: dict, path: str) -> str:
 
 
 def privacy_accuracy(report: dict, path: str) -> str:
-    """One point per run: clean accuracy against the best (strongest) attack's reconstruction PSNR."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (name, attacks) in enumerate(report["privacy"].items()):
-        psnrs = [(r["metrics_vs_clean"]["psnr"], a) for a, r in attacks.items() if "metrics_vs_clean" in r]
-        if not psnrs:
-            continue
-        psnr, attack = max(psnrs)
-        acc = report["runs"][name]["test_accuracy"]
-        ax.scatter([acc], [psnr], s=50)
-        ax.annotate(f"{name} ({attack})", (acc, psnr), textcoords="offset points", xytext=(5, 5 - 14 * (i % 2)), fontsize=8)  # neighbours alternate above / below
-    ax.set_xlabel("clean test accuracy")
-    ax.set_ylabel("reconstruction PSNR of the strongest attack (dB)\n(lower = more private)")
-    ax.set_title("privacy against accuracy")
-    ax.grid(alpha=0.3)
+    """One panel per knowledge level, one point per run: clean accuracy against the PSNR of the
+    best attack at or below that level (``report["privacy"][run]["knowledge_levels"]``)."""
+    levels = []
+    for results in report["privacy"].values():
+        for level in results.get("knowledge_levels", []):
+            if level["level"] not in levels:
+                levels.append(level["level"])
+    fig, axes = plt.subplots(1, max(1, len(levels)), figsize=(4.2 * max(1, len(levels)), 4), squeeze=False, sharey=True)
+    for ax, level in zip(axes[0], levels):
+        for i, (name, results) in enumerate(report["privacy"].items()):
+            entry = next((e for e in results.get("knowledge_levels", []) if e["level"] == level), None)
+            if entry is None:
+                continue
+            acc = report["runs"][name]["test_accuracy"]
+            ax.scatter([acc], [entry["psnr_vs_clean"]], s=50, color=f"C{i}")
+            ax.annotate(f"{name} ({entry['best_attack']})", (acc, entry["psnr_vs_clean"]), textcoords="offset points",
+                        xytext=(5, 5 - 14 * (i % 2)), fontsize=8)  # neighbours alternate above / below
+        ax.set_title(level, fontsize=9)
+        ax.set_xlabel("clean test accuracy")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("PSNR of the best attack at this level (dB)\n(lower = more private)")
+    fig.suptitle("privacy against accuracy, by what the attacker knows")
     return _save(fig, path, dpi=110)
 
 

@@ -42,8 +42,11 @@ dlg         the full model at the observed step (client and server weights, e.g.
 The PGSL pipeline for the optimisation attacks (unsplit, whitebox, dlg): the attacker knows that
 conv 1 sees ``pixel_unshuffle_concat(x_adv, max_pool_2(map))`` but not the client's surrogate, so
 it cannot rerun its JSMA. It optimises the encoded image ``x_adv`` and the pooled perturbation map
-``(N, 1, H/2, W/2)`` as a free nuisance variable in [-1, 1] (initialised at 0, with an L1 prior:
-JSMA changes few pixels), and reports its estimate of ``x_adv`` as its estimate of the clean image.
+``(N, 1, H/2, W/2)`` in [-1, 1] (initialised at 0, with an L1 prior: JSMA changes few pixels). The
+white box and DLG then undo the JSMA where the map gives the clean pixel away (:func:`undo_jsma`:
+a moved pixel ends at ``x + theta`` clipped, and the map holds its change); UnSplit, whose map and
+intensities are identified only up to affine maps, reports its image estimate, its intensities
+fixed per sub-pixel phase (:func:`match_phase_statistics`).
 
 Simplifications, stated in each result's ``how``: the DLG gradients are those of one step with
 both halves in eval mode (no dropout mask or batch statistics the attacker would have to guess),
@@ -73,7 +76,7 @@ from ..data import Split
 from ..models import ClientNet
 from ..runs import Run
 from . import settings as st
-from .metrics import independent_classifier, reconstruction_metrics
+from .metrics import evaluator_classifier, reconstruction_metrics
 
 __all__ = [
     "ATTACKS",
@@ -87,10 +90,14 @@ __all__ = [
     "UnSplitSettings",
     "WhiteBoxAttack",
     "WhiteBoxSettings",
+    "KNOWLEDGE_LEVELS",
     "evaluate_privacy",
+    "knowledge_levels",
+    "match_phase_statistics",
     "match_pixel_statistics",
     "pixel_statistics",
     "total_variation",
+    "undo_jsma",
 ]
 
 
@@ -102,14 +109,38 @@ def total_variation(x: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class PipelineSpec:
     """What every attacker knows of the client's input pipeline: the defence, the image shape,
-    and conv 1's input channels (pgsl: 4 unshuffled pixels per colour channel + the map)."""
+    conv 1's input channels (pgsl: 4 unshuffled pixels per colour channel + the map) and the
+    client's JSMA step ``jsma_theta`` (pgsl)."""
 
     defense: str
     image_shape: Sequence[int]
+    jsma_theta: float = 1.0
+
+    @staticmethod
+    def of(run: Run) -> "PipelineSpec":
+        return PipelineSpec(run.defense, tuple(run.dataset.image_shape), run.cfg.jsma_theta)
+
+    @property
+    def phases(self) -> int:
+        """The unshuffle factor: conv 1 sees ``phases**2`` sub-pixel phases as separate channels."""
+        return 2 if self.unshuffled else 1
+
+    def clean_estimate(self, variables: Sequence[Tensor]) -> Tensor:
+        """The attacker's estimate of the clean image from its optimised variables: the image
+        itself, or for pgsl the JSMA undone where the map reveals it (:func:`undo_jsma`)."""
+        image = variables[0].detach()
+        if self.defense != "pgsl":
+            return image.clone()
+        return undo_jsma(image, variables[1].detach(), self.jsma_theta)
+
+    @property
+    def unshuffled(self) -> bool:
+        """Conv 1 sees the 2x2 unshuffled image and a map channel (pgsl, and its control arch)."""
+        return self.defense in ("pgsl", "arch")
 
     @property
     def in_channels(self) -> int:
-        return self.image_shape[0] * 4 + 1 if self.defense == "pgsl" else self.image_shape[0]
+        return self.image_shape[0] * 4 + 1 if self.unshuffled else self.image_shape[0]
 
     def variables(self, n: int, generator: torch.Generator) -> List[Tensor]:
         """The optimised inputs: images near 0.5 and (pgsl) the pooled perturbation map at 0."""
@@ -121,6 +152,8 @@ class PipelineSpec:
 
     def net_input(self, variables: Sequence[Tensor]) -> Tensor:
         """Conv 1's input for the optimised variables (plain PyTorch: twice differentiable)."""
+        if self.defense == "arch":  # the map is known to be zero
+            return pgsl_ext.reference.pixel_unshuffle_concat(variables[0], torch.zeros_like(variables[0][:, :1]), 2)
         if self.defense != "pgsl":
             return variables[0]
         image, pooled_map = variables
@@ -141,6 +174,43 @@ class PipelineSpec:
             v.clamp_(-1, 1)
 
 
+def undo_jsma(x_adv: Tensor, pooled_map: Tensor, theta: float, *, tol: float = 0.02) -> Tensor:
+    """The clean image where JSMA's perturbation map gives it away.
+
+    The client's JSMA moves a pixel by ``theta`` clipped to [0, 1] (with ``theta >= 1`` every
+    moved pixel ends at exactly 1), and conv 1 sees its map ``x_adv - x`` max-pooled per
+    ``f x f`` block (``f`` = ``H / h``). In a block whose map value ``m > 0`` a pixel that moved by
+    ``m`` had the clean value ``x_adv - m``: the candidates are the block's pixels with
+    ``x_adv >= m`` (a clean value >= 0), saturated ones only when ``theta >= 1``. With ``k``
+    candidates each gets ``x_adv - m / k``, the estimate of least squared error when any one of
+    them is equally likely to be the moved pixel and the others kept their value. Elsewhere
+    ``x_adv`` is the clean image. ``x_adv`` ``(N, C, H, W)``, ``pooled_map`` ``(N, 1, h, w)``; ``tol``
+    absorbs the attacker's estimation error."""
+    f = x_adv.shape[-1] // pooled_map.shape[-1]
+    m = F.interpolate(pooled_map.clamp_min(0), scale_factor=float(f))
+    moved = (m > tol) & (x_adv >= m - tol)
+    if theta >= 1:
+        moved &= x_adv >= 1 - tol
+    k = F.avg_pool2d(moved.to(x_adv.dtype).sum(1, keepdim=True), f) * f * f
+    k = F.interpolate(k, scale_factor=float(f)).clamp_min(1)
+    return torch.where(moved, x_adv - m / k, x_adv).clamp(0, 1)
+
+
+def match_phase_statistics(images: Tensor, aux: Tensor, phases: int) -> Tensor:
+    """:func:`match_pixel_statistics` on each of the ``phases x phases`` sub-pixel phases of
+    ``images`` separately, to the same phase of the auxiliary images ``aux``: after a pixel
+    unshuffle conv 1 sees each phase as its own channel, so a stand-in may absorb a different
+    affine map (sign included) per phase."""
+    out = images.clone()
+    for i in range(phases):
+        for j in range(phases):
+            stats = pixel_statistics(aux[..., i::phases, j::phases])
+            out[..., i::phases, j::phases] = match_pixel_statistics(
+                images[..., i::phases, j::phases], stats["mean"], stats["std"], stats["skewness"]
+            )
+    return out
+
+
 def _bar(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
 
@@ -157,12 +227,19 @@ def _first(n: int, total: int) -> int:
     return total if n == 0 else min(n, total)
 
 
+# What an attacker knows, from least to most; each level includes those before it.
+KNOWLEDGE_LEVELS = ("query access + auxiliary images", "+ the client's architecture", "+ the client's weights",
+                    "+ the full model and the client's parameter gradients")
+
+
 class InversionAttack:
     """The shape of every attack: ``Settings`` (a dataclass), ``knows`` (its threat model in
-    words), :meth:`count`, :meth:`observe`, :meth:`reconstruct` and :meth:`how`."""
+    words), ``level`` (its index in :data:`KNOWLEDGE_LEVELS`), :meth:`count`, :meth:`observe`,
+    :meth:`reconstruct` and :meth:`how`."""
 
     name: str = ""
     knows: str = ""
+    level: int = 0
     Settings: type = object
 
     def __init__(self, settings=None):
@@ -221,6 +298,7 @@ class Decoder(nn.Sequential):
 
 class DecoderAttack(InversionAttack):
     name = "decoder"
+    level = 0
     knows = "query access to the trained client, auxiliary images, intercepted messages"
     Settings = DecoderSettings
 
@@ -284,15 +362,17 @@ class WhiteBoxView:
 
 class WhiteBoxAttack(InversionAttack):
     name = "whitebox"
+    level = 2
     knows = "the client's weights and pipeline, intercepted messages"
     Settings = WhiteBoxSettings
 
     def observe(self, run: Run, targets: Split, messages: Tensor, aux: Split) -> WhiteBoxView:
-        return WhiteBoxView(messages, frozen_copy(run.client.net), PipelineSpec(run.defense, run.dataset.image_shape))
+        return WhiteBoxView(messages, frozen_copy(run.client.net), PipelineSpec.of(run))
 
     def how(self, view: WhiteBoxView) -> str:
         s = self.settings
-        extra = ", pooled perturbation map optimised as a nuisance (L1 %g)" % s.map_l1 if view.spec.defense == "pgsl" else ""
+        extra = (", pooled perturbation map optimised too (L1 %g), then the JSMA undone where the map reveals the clean "
+                 "pixel (undo_jsma)" % s.map_l1 if view.spec.defense == "pgsl" else "")
         return (
             f"white box: the client's trained weights; inputs optimised (Adam, {s.steps} steps, lr {s.lr:g}, "
             f"projected to [0, 1]) to match the intercepted messages in MSE, TV prior {s.tv:g}{extra}"
@@ -312,7 +392,7 @@ class WhiteBoxAttack(InversionAttack):
                 spec.project(variables)
                 bar.update()
                 bar.set_postfix(match=f"{match.item():.4f}", refresh=False)
-        return variables[0].detach().clone()
+        return spec.clean_estimate(variables)
 
 
 # --------------------------------------------------------------------------- UnSplit
@@ -341,7 +421,7 @@ class UnSplitSettings:
 class UnSplitView:
     intercepted: Tensor
     spec: PipelineSpec
-    pixel_stats: Mapping[str, float]  # :func:`pixel_statistics` of the auxiliary images
+    aux_images: Tensor  # the domain's pixel statistics, per sub-pixel phase
 
 
 def match_pixel_statistics(images: Tensor, mean: float, std: float, skewness: float) -> Tensor:
@@ -367,11 +447,12 @@ def pixel_statistics(images: Tensor) -> Dict[str, float]:
 
 class UnSplitAttack(InversionAttack):
     name = "unsplit"
+    level = 1
     knows = "the client's architecture and pipeline (not its weights), intercepted messages"
     Settings = UnSplitSettings
 
     def observe(self, run: Run, targets: Split, messages: Tensor, aux: Split) -> UnSplitView:
-        return UnSplitView(messages, PipelineSpec(run.defense, run.dataset.image_shape), pixel_statistics(aux.x))
+        return UnSplitView(messages, PipelineSpec.of(run), aux.x)
 
     def how(self, view: UnSplitView) -> str:
         s, spec = self.settings, view.spec
@@ -382,7 +463,8 @@ class UnSplitAttack(InversionAttack):
             f"a freshly initialised stand-in of the client's architecture (conv-ReLU-BN x2, {spec.in_channels} input channels) and "
             f"the inputs optimised in turn ({rounds}, Adam) to match the intercepted messages in MSE, TV prior {s.tv:g}{extra}",
             f"best of {s.restarts} restarts by that MSE",
-            "the intensities (identified only up to an affine map) mapped to the auxiliary images' pixel mean, std and skewness sign",
+            "the intensities (identified only up to an affine map, per sub-pixel phase after an unshuffle) mapped to the "
+            "auxiliary images' pixel mean, std and skewness sign, phase by phase",
         ])
 
     def reconstruct(self, view: UnSplitView, *, generator: torch.Generator, progress: bool = True) -> Tensor:
@@ -393,8 +475,7 @@ class UnSplitAttack(InversionAttack):
                 image, match = self._attempt(view.intercepted, view.spec, generator, bar)
                 if best is None or match < best_match:
                     best, best_match = image, match
-        stats = view.pixel_stats
-        return match_pixel_statistics(best, stats["mean"], stats["std"], stats["skewness"])
+        return match_phase_statistics(best, view.aux_images, view.spec.phases)
 
     def _attempt(self, intercepted: Tensor, spec: PipelineSpec, generator: torch.Generator, bar):
         s = self.settings
@@ -476,6 +557,7 @@ class DLGView:
 
 class GradientLeakageAttack(InversionAttack):
     name = "dlg"
+    level = 3
     knows = "the full model at the observed step, the batch's labels and the client's parameter gradients of that batch"
     Settings = DLGSettings
 
@@ -489,11 +571,11 @@ class GradientLeakageAttack(InversionAttack):
             (model.client_gradients(targets.x[batch], targets.y[batch]), targets.y[batch])
             for batch in torch.arange(len(targets)).split(self.settings.batch_size)
         ]
-        return DLGView(batches, model, PipelineSpec(run.defense, run.dataset.image_shape))
+        return DLGView(batches, model, PipelineSpec.of(run))
 
     def how(self, view: DLGView) -> str:
         s, spec = self.settings, view.spec
-        extra = ", pooled perturbation map optimised as a nuisance" if spec.defense == "pgsl" else ""
+        extra = ", pooled perturbation map optimised too, then the JSMA undone where the map reveals the clean pixel" if spec.defense == "pgsl" else ""
         noise = "; the victim's gradient is taken at its noisy message, the attacker's dummies are noise-free" if spec.defense == "noise" else ""
         weights = "before the first step (the run's initial weights, rebuilt from its seed)" if s.weights == "initial" else "at the run's final weights"
         if s.optimizer == "adam":
@@ -554,7 +636,7 @@ class GradientLeakageAttack(InversionAttack):
             match = self._match(variables, observed, labels, run, spec, cosine=True, create_graph=True)
             value = match.item()
             if value < best_match:  # the signed steps oscillate: keep the best iterate
-                best, best_match = variables[0].detach().clone(), value
+                best, best_match = spec.clean_estimate(variables), value
             total = match + spec.prior(variables, s.tv, s.map_l1)
             # only the dummies' gradients: the model's own .grad stays untouched
             for v, g in zip(variables, torch.autograd.grad(total, variables)):
@@ -566,7 +648,7 @@ class GradientLeakageAttack(InversionAttack):
                 bar.update()
                 bar.set_postfix(match=f"{value:.3g}", refresh=False)
         match = self._match(variables, observed, labels, run, spec, cosine=True).item()
-        return (variables[0].detach().clone(), match) if match < best_match else (best, best_match)
+        return (spec.clean_estimate(variables), match) if match < best_match else (best, best_match)
 
     def _lbfgs(self, variables, observed, labels, run, spec: PipelineSpec, bar) -> Tuple[Tensor, float]:
         s = self.settings
@@ -595,7 +677,7 @@ class GradientLeakageAttack(InversionAttack):
         if bar is not None:  # L-BFGS may stop before its budget (a failed line search)
             bar.update(s.iterations - evaluations)
         spec.project(variables)
-        return variables[0].detach().clone(), self._match(variables, observed, labels, run, spec, cosine=False).item()
+        return spec.clean_estimate(variables), self._match(variables, observed, labels, run, spec, cosine=False).item()
 
 
 # The full protocol (``pgsl evaluate --full``): every target and many more iterations; hours on a CPU.
@@ -611,6 +693,24 @@ ATTACKS: Dict[str, type] = {cls.name: cls for cls in (DecoderAttack, UnSplitAtta
 
 
 # --------------------------------------------------------------------------- the evaluation
+
+
+def knowledge_levels(results: Mapping[str, dict]) -> List[dict]:
+    """Per knowledge level that some attack in ``results`` (:func:`evaluate_privacy`'s) reaches,
+    from least to most: the best attack at or below it by PSNR against the clean image. A
+    stronger attacker may run every weaker attack, so no level scores below one that knows less."""
+    levels, best = [], None
+    for index, level in enumerate(KNOWLEDGE_LEVELS):
+        here = [(r["metrics_vs_clean"]["psnr"], name) for name, r in results.items() if name in ATTACKS and ATTACKS[name].level == index]
+        if not here:
+            continue
+        top = max(here)
+        if best is None or top[0] > best[0]:
+            best = top
+        r = results[best[1]]["metrics_vs_clean"]
+        levels.append({"level": level, "best_attack": best[1], "psnr_vs_clean": r["psnr"], "ssim_vs_clean": r["ssim"]})
+    return levels
+
 
 
 def _check_split(name: str, split: Split, image_shape) -> None:
@@ -639,7 +739,7 @@ def evaluate_privacy(
     :meth:`InversionAttack.count` of them); ``aux``: the attackers' auxiliary images (disjoint
     from training and targets). ``settings``: per attack name a settings dataclass or a dict of
     its fields. ``classifier``: the metric's independent classifier (default: a SmallCNN trained
-    on the run's training split, :func:`~pgsl.evaluate.metrics.independent_classifier`).
+    on the run's validation slice and ``aux``, :func:`~pgsl.evaluate.metrics.evaluator_classifier`).
 
     Returns ``{attack name: {"how", "knows", "settings", "images", "indices", "seconds",
     "cpu_seconds", "defense", "references", "baseline", "classifier", "metrics_vs_clean",
@@ -670,8 +770,9 @@ def evaluate_privacy(
     intercepted = run.messages(targets.x, attacked)
     classifier_note = "given by the caller"
     if classifier is None:
-        classifier = independent_classifier(run.dataset.train, num_classes=run.num_classes, seed=seed)
-        classifier_note = f"a SmallCNN trained 3 epochs on the run's training split ({len(run.dataset.train)} images, disjoint from aux and targets)"
+        known = Split(torch.cat([run.dataset.val.x, aux.x]), torch.cat([run.dataset.val.y, aux.y]))
+        classifier = evaluator_classifier(known, num_classes=run.num_classes, seed=seed)
+        classifier_note = f"an EvaluatorMLP trained on the validation slice and the auxiliary images ({len(known)} images)"
 
     references = (
         "metrics_vs_clean: against the clean target images; metrics_vs_encoded: against the image the client encoded "

@@ -7,17 +7,18 @@ All metrics compare ``[0, 1]`` images ``(N, C, H, W)``:
   (``torchmetrics``; ``inf`` for an image reproduced exactly);
 - ``ssim``: mean over images of the per-image SSIM (``torchmetrics``: 11x11 Gaussian window,
   sigma 1.5, data range 1);
-- ``dcor``: the sample distance correlation between the reconstructions and the references
-  over the batch (Szekely et al. 2007; :func:`pgsl.defenses.distance_correlation`, what NoPeek
-  trains against), ``nan`` for fewer than two images. With few images of many pixels it is
-  biased towards 1 (two batches of independent noise images score close to 1), hence also
-- ``dcor_bias_corrected``: the bias-corrected estimate of the squared distance correlation
-  (U-centred distance matrices; Szekely & Rizzo 2014, "Partial distance correlation with
-  methods for dissimilarities", sec. 2.3), about 0 for independent images and 1 for an exact
-  (or shifted and scaled) copy; it can be slightly negative; ``nan`` for fewer than four images;
-- ``classifier_accuracy``: the accuracy of an independent classifier (one the attacker never saw,
-  see :func:`independent_classifier`) on the reconstructions, against the true labels: how much of
-  the class a reconstruction still shows. ``None`` when no classifier is given.
+- ``dcor``: the bias-corrected estimate of the squared distance correlation between the
+  reconstructions and the references over the batch (U-centred distance matrices; Szekely &
+  Rizzo 2014, "Partial distance correlation with methods for dissimilarities", sec. 2.3): about 0
+  for independent images and 1 for an exact (or shifted and scaled) copy, slightly negative at
+  times; ``None`` where it is not defined (fewer than four images, a constant batch). The plain
+  sample distance correlation (:func:`pgsl.defenses.distance_correlation`, what NoPeek trains
+  against) is biased towards 1 with few images of many pixels (always 1.000 for two images), so
+  the report does not show it. ``dcor_bias_corrected``: the same number under its explicit name;
+- ``classifier_accuracy``: the accuracy of the evaluator's classifier (one the attacker never
+  saw, of another architecture than the client's surrogate and trained on other images, see
+  :func:`evaluator_classifier`) on the reconstructions, against the true labels: how much of the
+  class a reconstruction still shows. ``None`` when no classifier is given.
 """
 
 from __future__ import annotations
@@ -29,18 +30,17 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..data import Split
-from ..models import SmallCNN, fit_classifier, predict
-from ..defenses import distance_correlation
+from ..models import fit_classifier, predict
 
-__all__ = ["bias_corrected_dcor2", "independent_classifier", "reconstruction_metrics"]
+__all__ = ["EvaluatorMLP", "bias_corrected_dcor2", "evaluator_classifier", "reconstruction_metrics"]
 
 
-def bias_corrected_dcor2(x: Tensor, z: Tensor) -> float:
+def bias_corrected_dcor2(x: Tensor, z: Tensor) -> Optional[float]:
     """Bias-corrected squared distance correlation of the rows of ``x`` and ``z`` (flattened
-    per sample), Szekely & Rizzo 2014; ``nan`` for fewer than 4 samples or a constant input."""
+    per sample), Szekely & Rizzo 2014; None for fewer than 4 samples or a constant input."""
     n = len(x)
     if n < 4:
-        return float("nan")
+        return None
 
     def u_centred(a: Tensor) -> Tensor:
         d = torch.cdist(a, a)
@@ -50,7 +50,7 @@ def bias_corrected_dcor2(x: Tensor, z: Tensor) -> float:
     a, b = u_centred(x.flatten(1).double()), u_centred(z.flatten(1).double())
     # the inner product's 1 / (n (n - 3)) cancels in the ratio
     denominator = float(((a * a).sum() * (b * b).sum()).sqrt())
-    return float((a * b).sum()) / denominator if denominator > 0 else float("nan")
+    return float((a * b).sum()) / denominator if denominator > 0 else None
 
 
 def _check_images(name: str, x: Tensor) -> None:
@@ -95,7 +95,7 @@ def reconstruction_metrics(
     mse = (recon - reference).pow(2).flatten(1).mean(1)
     psnr = tm.peak_signal_noise_ratio(recon, reference, data_range=1.0, reduction="none", dim=(1, 2, 3))
     ssim = tm.structural_similarity_index_measure(recon, reference, data_range=1.0, reduction="none")
-    dcor = float(distance_correlation(recon, reference)) if len(recon) >= 2 else float("nan")
+    dcor = bias_corrected_dcor2(recon, reference)
     accuracy = None
     if classifier is not None:
         accuracy = float((predict(classifier, recon).cpu() == labels.cpu()).double().mean())
@@ -105,22 +105,30 @@ def reconstruction_metrics(
         "psnr": float(psnr.mean()),
         "ssim": float(ssim.mean()),
         "dcor": dcor,
-        "dcor_bias_corrected": bias_corrected_dcor2(recon, reference),
+        "dcor_bias_corrected": dcor,
         "classifier_accuracy": accuracy,
         "per_image": {"mse": mse.tolist(), "psnr": psnr.tolist(), "ssim": ssim.tolist()},
     }
 
 
-def independent_classifier(train: Split, *, num_classes: int = 10, epochs: int = 3, seed: int = 0) -> SmallCNN:
-    """The metric's classifier: a :class:`~pgsl.models.SmallCNN` trained on ``train`` (the
-    evaluation uses the run's training split, which is disjoint from the attacker's auxiliary
-    images and from the reconstruction targets, both taken from the test split)."""
+class EvaluatorMLP(nn.Sequential):
+    """The evaluator's classifier: a two-hidden-layer perceptron (256, 128), an architecture
+    unlike the client's convolutional surrogate, so adversarial images crafted against the
+    surrogate (PGSL's JSMA) do not transfer to it by construction."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__(nn.Flatten(), nn.Linear(in_features, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+
+def evaluator_classifier(train: Split, *, num_classes: int = 10, epochs: int = 20, seed: int = 0) -> EvaluatorMLP:
+    """The metric's classifier: an :class:`EvaluatorMLP` trained on ``train``. The evaluation
+    trains it on the validation slice and the attackers' auxiliary images, disjoint from the
+    client's training shard (the surrogate's data) and from the reconstruction targets."""
     if len(train) < 2:
-        raise ValueError(f"train: expected at least 2 labelled images for the independent classifier, got {len(train)}")
+        raise ValueError(f"train: expected at least 2 labelled images for the evaluator's classifier, got {len(train)}")
     if epochs < 1:
         raise ValueError(f"epochs: expected an integer >= 1, got {epochs!r}")
-    _, c, h, _ = train.x.shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = SmallCNN(num_classes, h, c)
+        model = EvaluatorMLP(train.x[0].numel(), num_classes)
         return fit_classifier(model, train.x, train.y, epochs=epochs, generator=torch.Generator().manual_seed(seed))

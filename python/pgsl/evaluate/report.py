@@ -27,6 +27,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from ..data import Split
+from ..config import SEED_LIMIT
 from ..errors import RunError
 from ..rundir import git_commit, versions
 from ..runs import Run, restore
@@ -96,11 +97,24 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Evaluate the runs in ``folders`` and write the report into ``out``; returns report.json's dict."""
+    if isinstance(folders, str):
+        folders = [folders]
+    if not folders:
+        raise RunError("--run / --compare: expected at least one run folder")
+    if isinstance(evaluations, str):
+        evaluations = [e.strip() for e in evaluations.split(",") if e.strip()]
+    if not evaluations:
+        raise RunError(f"--attacks: expected some of {', '.join(EVALUATIONS)}, got none")
     unknown = [e for e in evaluations if e not in EVALUATIONS]
     if unknown:
-        raise RunError(f"--attacks: unknown {', '.join(unknown)}; expected some of {', '.join(EVALUATIONS)}")
-    if images < 1 or robust_images < 1:
-        raise RunError(f"--images / --robust-images: expected integers >= 1, got {images} / {robust_images}")
+        raise RunError(f"--attacks: unknown {', '.join(map(str, unknown))}; expected some of {', '.join(EVALUATIONS)}")
+    for option, value in (("--images", images), ("--robust-images", robust_images)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RunError(f"{option}: expected an integer >= 1, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise RunError(f"--seed: expected an integer from 0 to {SEED_LIMIT - 1}, got {seed!r}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunError(f"--out {out}: is a file; expected a folder")
     for folder in folders:
         if not os.path.isdir(folder):
             raise RunError(f"--run {folder}: no such run folder")
@@ -112,10 +126,21 @@ def evaluate(
     datas = {r.cfg.data for r in runs.values()}
     if len(datas) > 1:
         raise RunError(f"--compare: the runs were trained on different data ({', '.join(sorted(datas))}); compare runs of one dataset")
+    if "musweep" in evaluations and not any(r.defense == "pgsl" for r in runs.values()):
+        raise RunError("--attacks musweep: the mu sweep needs a --defense pgsl run among the runs")
     first = next(iter(runs.values()))
     aux, targets = _split_test(first, max(images, robust_images))
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"--out {out}: cannot be created ({e.strerror})") from None
     started = time.perf_counter()
+
+    def write_so_far() -> None:
+        """The report as it stands: an interrupted evaluation keeps every part that finished."""
+        report["seconds"] = time.perf_counter() - started
+        _write_report(report, out)
+
     report: dict = {
         "runs": {
             name: {
@@ -126,6 +151,7 @@ def evaluate(
                 "test_accuracy": r.metrics["test_accuracy"],
                 "stream_accuracy": r.metrics.get("stream_accuracy"),
                 "git_commit": r.metrics.get("git_commit"),
+                "seeds": [r.cfg.seed],
             }
             for name, r in runs.items()
         },
@@ -149,31 +175,44 @@ def evaluate(
         privacy = {}
         inv_targets = targets.subset(torch.arange(min(images, len(targets))))
         settings = inversion.FULL_SETTINGS if full else None
-        from .metrics import independent_classifier
+        from .metrics import bias_corrected_dcor2, evaluator_classifier
 
-        classifier = independent_classifier(first.dataset.train, num_classes=first.dataset.num_classes, seed=seed)
+        # The evaluator's classifier: trained on images neither the surrogate nor the targets hold.
+        known = Split(torch.cat([first.dataset.val.x, aux.x]), torch.cat([first.dataset.val.y, aux.y]))
+        classifier = evaluator_classifier(known, num_classes=first.dataset.num_classes, seed=seed)
+        with torch.no_grad():
+            ceiling = float((classifier(inv_targets.x).argmax(1) == inv_targets.y).double().mean())
+        report["protocol"]["classifier"] = {
+            "architecture": "EvaluatorMLP (784-256-128-10 perceptron), not the surrogate's CNN",
+            "trained_on": f"the validation slice and the auxiliary images ({len(known)} images, disjoint from the client's "
+                          "training shard and from the targets)",
+            "accuracy_on_clean_targets": ceiling,
+        }
         for name, run in runs.items():
             result = inversion.evaluate_privacy(
                 run, inv_targets, aux, attacks=inversion_names, settings=settings, classifier=classifier,
                 progress=progress, seed=seed,
             )
             reconstructions[name] = {a: r.pop("reconstructions") for a, r in result.items()}
+            result["knowledge_levels"] = inversion.knowledge_levels(result)
             privacy[name] = result
-        report["privacy"] = privacy
+            report["runs"][name]["dcor_image_message"] = bias_corrected_dcor2(inv_targets.x, run.messages(inv_targets.x))
+            report["privacy"] = privacy
+            write_so_far()
     adversarial_names = [e for e in evaluations if e in robustness.ATTACKS]
     if adversarial_names:
-        undefended = next((r for r in runs.values() if r.defense == "none"), None)
+        undefended = [r for r in runs.values() if r.defense == "none"]
         rob_targets = targets.subset(torch.arange(min(robust_images, len(targets))))
         report["robustness"] = robustness.evaluate_robustness(
             runs, undefended=undefended, images=rob_targets, attacks=adversarial_names,
             settings=robustness.FULL_SETTINGS if full else None, progress=progress, seed=seed,
         )
+        write_so_far()
     pgsl_runs = [r for r in runs.values() if r.defense == "pgsl"]
     if "musweep" in evaluations and pgsl_runs:
         report["mu_sweep"] = mu_sweep.sweep_mu(pgsl_runs[0], targets, progress=progress)
-    report["seconds"] = time.perf_counter() - started
     # The numbers and the reconstructions first: a figure that fails must not lose the run.
-    _write_report(report, out)
+    write_so_far()
     if reconstructions:
         torch.save(reconstructions, os.path.join(out, "reconstructions.pt"))
 
@@ -249,31 +288,8 @@ def markdown(report: dict) -> str:
         "",
     ]
     if "privacy" in report:
-        lines += ["## Privacy: model inversion", "",
-                  "Lower PSNR / SSIM / distance correlation / classifier accuracy = less is revealed. "
-                  "`vs clean`: against the original image; `vs encoded`: against the image the client actually encoded "
-                  "(the JSMA-attacked one under pgsl). An attack that does not beat the mean auxiliary image has not "
-                  "recovered anything at its budget: that says nothing about the defence.", "",
-                  "| run | attack | MSE vs clean | PSNR vs clean | SSIM vs clean | dCor vs clean | classifier acc. | PSNR vs encoded | SSIM vs encoded | seconds |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for name, attacks in report["privacy"].items():
-            baseline = next((r["baseline_vs_clean"] for r in attacks.values() if "baseline_vs_clean" in r), None)
-            if baseline is not None:
-                lines.append(
-                    f"| {name} | (mean auxiliary image, no attack) | {_fmt(baseline.get('mse'), 4)} | {_fmt(baseline.get('psnr'), 2)} | "
-                    f"{_fmt(baseline.get('ssim'))} | {_fmt(baseline.get('dcor'))} | {_fmt(baseline.get('classifier_accuracy'))} | - | - | - |"
-                )
-            for attack, r in attacks.items():
-                c, e = r.get("metrics_vs_clean", {}), r.get("metrics_vs_encoded", {})
-                lines.append(
-                    f"| {name} | {attack} | {_fmt(c.get('mse'), 4)} | {_fmt(c.get('psnr'), 2)} | {_fmt(c.get('ssim'))} | "
-                    f"{_fmt(c.get('dcor'))} | {_fmt(c.get('classifier_accuracy'))} | {_fmt(e.get('psnr'), 2)} | "
-                    f"{_fmt(e.get('ssim'))} | {_fmt(r.get('seconds'), 0)} |"
-                )
-        lines += ["", "How:", ""]
-        for attack, r in next(iter(report["privacy"].values())).items():
-            lines.append(f"- **{attack}**: {r.get('how', '')} Settings: `{json.dumps(_jsonable(r.get('settings', {})))}`.")
-        lines.append("")
+        lines += ["## Privacy: model inversion", ""]
+        lines += privacy_markdown(report)
     if "robustness" in report:
         lines += ["## Accuracy under attack", ""]
         lines += robustness_markdown(report["robustness"])
@@ -286,6 +302,61 @@ def markdown(report: dict) -> str:
     if report.get("figures"):
         lines += ["", "## Figures", ""] + [f"![{k}]({v})" for k, v in report["figures"].items()]
     return "\n".join(lines) + "\n"
+
+
+def attack_results(privacy_of_run: dict) -> Dict[str, dict]:
+    """The per-attack entries of ``report["privacy"][run]`` (without ``knowledge_levels``)."""
+    return {a: r for a, r in privacy_of_run.items() if a in inversion.ATTACKS}
+
+
+def privacy_markdown(report: dict) -> List[str]:
+    """The knowledge-level table (the best attack at or below each level), then every attack."""
+    lines = [
+        "Lower PSNR / SSIM / distance correlation / classifier accuracy = less is revealed. Each knowledge level "
+        "includes the ones above it, and its row is the best attack at or below it (a stronger attacker may run "
+        "every weaker attack). An attack that does not beat the mean auxiliary image has not recovered anything at "
+        "its budget: that says nothing about the defence.",
+        "",
+    ]
+    classifier = report["protocol"].get("classifier")
+    if classifier:
+        lines += [f"Classifier accuracy: {classifier['architecture']}, trained on {classifier['trained_on']}; on the clean "
+                  f"targets it reads {_fmt(classifier['accuracy_on_clean_targets'])} (the ceiling).", ""]
+    lines += ["| run | knowledge | best attack | PSNR vs clean | SSIM vs clean |", "| --- | --- | --- | ---: | ---: |"]
+    for name, results in report["privacy"].items():
+        for level in results.get("knowledge_levels", []):
+            lines.append(f"| {name} | {level['level']} | {level['best_attack']} | {_fmt(level['psnr_vs_clean'], 2)} | "
+                         f"{_fmt(level['ssim_vs_clean'])} |")
+    lines += [
+        "",
+        "Every attack. `vs clean`: against the original image; `vs encoded`: against the image the client actually "
+        "encoded (the JSMA-attacked one under pgsl); dCor: the bias-corrected squared distance correlation over the "
+        "images (- where it is not defined, fewer than 4 images).",
+        "",
+        "| run | attack | MSE vs clean | PSNR vs clean | SSIM vs clean | dCor vs clean | classifier acc. | PSNR vs encoded | SSIM vs encoded | seconds |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, results in report["privacy"].items():
+        attacks = attack_results(results)
+        baseline = next((r["baseline_vs_clean"] for r in attacks.values() if "baseline_vs_clean" in r), None)
+        if baseline is not None:
+            lines.append(
+                f"| {name} | (mean auxiliary image, no attack) | {_fmt(baseline.get('mse'), 4)} | {_fmt(baseline.get('psnr'), 2)} | "
+                f"{_fmt(baseline.get('ssim'))} | {_fmt(baseline.get('dcor'))} | {_fmt(baseline.get('classifier_accuracy'))} | - | - | - |"
+            )
+        for attack, r in attacks.items():
+            c, e = r.get("metrics_vs_clean", {}), r.get("metrics_vs_encoded", {})
+            lines.append(
+                f"| {name} | {attack} | {_fmt(c.get('mse'), 4)} | {_fmt(c.get('psnr'), 2)} | {_fmt(c.get('ssim'))} | "
+                f"{_fmt(c.get('dcor'))} | {_fmt(c.get('classifier_accuracy'))} | {_fmt(e.get('psnr'), 2)} | "
+                f"{_fmt(e.get('ssim'))} | {_fmt(r.get('seconds'), 0)} |"
+            )
+    lines += ["", "dCor(image, message), the dependence NoPeek minimises, on the inversion targets (bias-corrected): "
+              + ", ".join(f"{n} {_fmt(r.get('dcor_image_message'))}" for n, r in report["runs"].items()) + ".", ""]
+    lines += ["How:", ""]
+    for attack, r in attack_results(next(iter(report["privacy"].values()))).items():
+        lines.append(f"- **{attack}**: {r.get('how', '')} Settings: `{json.dumps(_jsonable(r.get('settings', {})))}`.")
+    return lines + [""]
 
 
 def robustness_markdown(rob: dict) -> List[str]:
@@ -308,6 +379,15 @@ def robustness_markdown(rob: dict) -> List[str]:
                 acc = run_result.get("attacks", {}).get(attack, {}).get(setting, {}).get("accuracy", {}).get(stream)
                 cells.append(_fmt(acc))
             lines.append(f"| {run_name} | {stream} | {_fmt(clean.get(stream))} | " + " | ".join(cells) + " |")
+    lines += ["", "What each attack changed (mean over the images: pixels moved by more than 1e-6, the largest and the "
+              "L2 change; an attack that moved nothing shows 0):", "",
+              "| run | attack | setting | pixels moved | L-inf | L2 |", "| --- | --- | --- | ---: | ---: | ---: |"]
+    for run_name, run_result in results.items():
+        for attack, by_setting in run_result.get("attacks", {}).items():
+            for setting, r in by_setting.items():
+                d = r.get("perturbation", {})
+                lines.append(f"| {run_name} | {attack} | {setting} | {_fmt(d.get('l0_mean'), 1)} | {_fmt(d.get('linf_mean'))} | "
+                             f"{_fmt(d.get('l2_mean'))} |")
     lines += ["", "How:", ""]
     for attack, info in rob.get("attacks", {}).items():
         lines.append(f"- **{attack}**: {info.get('how', '')} Settings: `{json.dumps(_jsonable(info.get('settings', {})))}`.")

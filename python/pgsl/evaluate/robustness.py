@@ -10,8 +10,11 @@ Two settings per attack:
   are the same attack.
 
 The attacked decision is the run's final output: the fusion-weighted average of the streams'
-softmax scores (pgsl), the single stream's logits (baselines). CW, BIM and FGSM come from
-torchattacks through :class:`RunModel`; JSMA is ours (:func:`pgsl_ext.attacks.jsma`). Every
+softmax scores (pgsl), the single stream's logits (baselines). BIM and FGSM come from
+torchattacks through :class:`RunModel`; JSMA is ours (:func:`pgsl_ext.attacks.jsma`) and so is
+Carlini-Wagner L2 (:func:`carlini_wagner_l2`: torchattacks' CW takes the best other class as
+``max((1 - onehot) * outputs)``, which is the masked true class's 0 whenever the outputs are
+log-probabilities, so its margin term vanished against pgsl's decision). Every
 adversarial image is then classified by the run's real inference pipeline (the client's JSMA
 with its surrogate's predicted label, rpca to the trained iteration cap) and each stream's
 accuracy is reported next to the fused decision's.
@@ -21,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -36,7 +41,7 @@ from ..data import Split
 from ..runs import Run
 from . import settings as st
 
-__all__ = ["ATTACKS", "DEFAULT_IMAGES", "FULL_SETTINGS", "RobustnessSettings", "RunModel", "craft", "evaluate_robustness"]
+__all__ = ["ATTACKS", "DEFAULT_IMAGES", "FULL_SETTINGS", "RobustnessSettings", "RunModel", "carlini_wagner_l2", "craft", "evaluate_robustness", "margin"]
 
 _THETA = (lambda v: st.is_number(v) and v != 0, "a finite non-zero number")
 _GAMMA = (lambda v: st.is_number(v) and 0 < v <= 1, "a fraction in (0, 1]")
@@ -50,10 +55,14 @@ class JSMASettings:
 
 @dataclass
 class CWSettings:
+    """Carlini-Wagner L2 (:func:`carlini_wagner_l2`): the first constant ``c``, the confidence
+    ``kappa``, ``steps`` Adam steps at ``lr`` per constant, ``binary_steps`` constants searched."""
+
     c: float = st.setting(1.0, st.POSITIVE)
     kappa: float = st.setting(0.0, st.NON_NEGATIVE)
-    steps: int = st.setting(20, st.POSITIVE_INTEGER)
+    steps: int = st.setting(50, st.POSITIVE_INTEGER)
     lr: float = st.setting(0.05, st.POSITIVE)
+    binary_steps: int = st.setting(4, st.POSITIVE_INTEGER)
 
 
 @dataclass
@@ -88,6 +97,7 @@ class RobustnessSettings:
     fgsm: FGSMSettings = st.setting(None, factory=FGSMSettings)
     batch_size: int = st.setting(100, st.POSITIVE_INTEGER)
     adaptive_rpca_iters: Optional[int] = st.setting(20, _ADAPTIVE_CAP)
+    eot_samples: int = st.setting(4, st.POSITIVE_INTEGER)
 
 
 # The registry: every adversarial attack, by name, in the report's order.
@@ -97,15 +107,18 @@ DEFAULT_IMAGES = 50
 # alpha = 1/255 with min(eps*255 + 4, 1.25 eps*255) steps); with the whole test set for the full
 # protocol (hours on a CPU for pgsl's adaptive attacks).
 FULL_SETTINGS = RobustnessSettings(
-    cw=CWSettings(steps=1000, lr=0.01), bim=BIMSettings(alpha=1 / 255, steps=80), adaptive_rpca_iters=None
+    cw=CWSettings(steps=1000, lr=0.01, binary_steps=9), bim=BIMSettings(alpha=1 / 255, steps=80), adaptive_rpca_iters=None
 )
 
 _HOW = {
     "jsma": "JSMA (Papernot et al. 2016; pgsl_ext.attacks.jsma), non-targeted against the true label: two pixels "
     "per iteration move by theta, at most gamma of the pixels; the jacobian is that of the attacked output",
-    "cw": "Carlini-Wagner L2 (torchattacks.CW): Adam on tanh-space images for `steps` steps at `lr`, loss "
-    "||x'-x||^2 + c * max(z_y - max_{i!=y} z_i, -kappa) on the attacked output z (kappa: the confidence), "
-    "no binary search over c; keeps the closest misclassified iterate, else the clean image",
+    "cw": "Carlini-Wagner L2 (Carlini & Wagner 2017; pgsl.evaluate.robustness.carlini_wagner_l2): Adam on "
+    "tanh-space images for `steps` steps at `lr` per constant, loss ||x'-x||^2 + c * max(z_y - max_{i!=y} z_i, "
+    "-kappa) on the attacked output z (logits or log-probabilities: the margin is the same), the tanh box kept "
+    "1e-3 off its asymptotes so that pixels at 0 or 1 can move; a binary search over c per image "
+    "(`binary_steps` constants from `c`, x10 until the first success); keeps the closest misclassified iterate, "
+    "else the clean image",
     "bim": "BIM (Kurakin et al. 2017; torchattacks.BIM): `steps` signed-gradient steps of `alpha` on the "
     "cross-entropy, projected to the L-inf ball of radius eps and to [0, 1]",
     "fgsm": "FGSM (Goodfellow et al. 2015; torchattacks.FGSM): one signed-gradient step of eps on the "
@@ -122,10 +135,12 @@ class RunModel(nn.Module):
     means the decision: the logits of a single-stream run, else ``"fused"``. ``bpda``: gradients
     through the client's JSMA and rpca taken as the identity (the forward values are the real
     pipeline's either way); ``rpca_iters``: rpca's cap in these forward passes (None: the
-    run's). The run's networks are submodules, so ``eval()`` and ``parameters()`` reach them.
+    run's); ``eot``: the output averaged over that many forward passes (each draws the client's
+    noise afresh). The run's networks are submodules, so ``eval()`` and ``parameters()`` reach them.
     """
 
-    def __init__(self, run: Run, output: Optional[str] = None, *, bpda: bool = True, rpca_iters: Optional[int] = None):
+    def __init__(self, run: Run, output: Optional[str] = None, *, bpda: bool = True, rpca_iters: Optional[int] = None,
+                 eot: int = 1):
         super().__init__()
         if not isinstance(run, Run):
             raise TypeError(f"RunModel: expected `run` to be a pgsl.runs.Run, got {type(run).__name__}")
@@ -134,12 +149,17 @@ class RunModel(nn.Module):
             output = streams[0] if len(streams) == 1 else "fused"
         if output != "fused" and output not in streams:
             raise ValueError(f"RunModel: expected `output` to be 'fused' or one of {streams}, got {output!r}")
-        self.run, self.output, self.bpda, self.rpca_iters = run, output, bpda, rpca_iters
+        self.run, self.output, self.bpda, self.rpca_iters, self.eot = run, output, bpda, rpca_iters, eot
         self.client_net, self.server_net = run.client.net, run.server.net
         self.surrogate = run.client.surrogate
         self.train(run.server.net.training)  # a new Module says training=True; keep the run's mode
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.eot > 1:
+            return torch.stack([self._once(x) for _ in range(self.eot)]).mean(0)
+        return self._once(x)
+
+    def _once(self, x: Tensor) -> Tensor:
         logits = self.run.logits(x, bpda=self.bpda, rpca_iters=self.rpca_iters)
         if self.output != "fused":
             return logits[self.output]
@@ -165,17 +185,72 @@ def _eval_without_parameter_gradients(model: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
+def margin(outputs: Tensor, labels: Tensor) -> Tensor:
+    """``z_y - max_{i != y} z_i`` per row of ``outputs`` ``(B, K)``: negative when misclassified.
+    The other classes' maximum masks the true class with -inf, so it holds for any outputs,
+    log-probabilities (all <= 0) included; shifting a row (logits -> log-softmax) leaves it."""
+    true = outputs.gather(1, labels.view(-1, 1)).squeeze(1)
+    others = outputs.masked_fill(F.one_hot(labels, outputs.shape[1]).bool(), float("-inf")).amax(1)
+    return true - others
+
+
+def carlini_wagner_l2(model: nn.Module, x: Tensor, y: Tensor, *, c: float = 1.0, kappa: float = 0.0, steps: int = 50,
+                      lr: float = 0.05, binary_steps: int = 4, box_margin: float = 1e-3) -> Tensor:
+    """Carlini & Wagner's L2 attack (2017), untargeted, on images ``x`` ``(B, C, H, W)`` in
+    [0, 1] with labels ``y``: per image, the smallest-L2 misclassified iterate found over a binary
+    search on the constant ``c`` (else the clean image).
+
+    The change of variables ``x' = (tanh(w) / 2 + 1/2 - m) / (1 - 2m)`` starts at
+    ``w0 = atanh((2x - 1)(1 - 2m))``, so ``x'(w0) = x`` while ``w0`` stays finite: with ``m = 0`` a
+    pixel at exactly 0 or 1 sits at ``w = -inf / +inf``, where tanh has no gradient, and never
+    moves (most of an MNIST digit's background). ``x'`` is clipped to [0, 1] in the forward pass
+    only (its gradient passes straight through), so a pixel pushed past 0 can come back."""
+    scale = 1 - 2 * box_margin
+    w0 = torch.atanh(((2 * x - 1) * scale).clamp(-1 + 1e-7, 1 - 1e-7)).detach()
+    n, device = len(x), x.device
+    lo = torch.zeros(n, dtype=torch.float64, device=device)
+    hi = torch.full((n,), math.inf, dtype=torch.float64, device=device)
+    const = torch.full((n,), float(c), dtype=torch.float64, device=device)
+    best, best_l2 = x.clone(), torch.full((n,), math.inf, dtype=torch.float64, device=device)
+    for _ in range(binary_steps):
+        w = w0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([w], lr=lr)
+        succeeded = torch.zeros(n, dtype=torch.bool, device=device)
+        cs = const.to(x.dtype)
+        for _ in range(steps):
+            raw = ((torch.tanh(w) + 1) / 2 - box_margin).div(scale)
+            x_adv = raw + (raw.clamp(0, 1) - raw).detach()  # in the box, with the gradient of raw: no dead zone past 0 or 1
+            m = margin(model(x_adv), y)
+            l2 = (x_adv - x).pow(2).flatten(1).sum(1)
+            loss = (l2 + cs * (m + kappa).clamp_min(0)).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                fooled = m < 0
+                closer = fooled & (l2.double() < best_l2)
+                best[closer] = x_adv.detach()[closer]
+                best_l2[closer] = l2.double()[closer]
+                succeeded |= fooled
+        hi = torch.where(succeeded, torch.minimum(hi, const), hi)
+        lo = torch.where(succeeded, lo, torch.maximum(lo, const))
+        const = torch.where(torch.isfinite(hi), (lo + hi) / 2, const * 10)
+    return best
+
+
 def craft(model: RunModel, attack: str, x: Tensor, y: Tensor, params) -> Tensor:
     """Adversarial versions of images ``x`` (labels ``y``) against ``model`` by ``attack`` with
     ``params`` (that attack's settings dataclass, e.g. :class:`CWSettings`)."""
     with _eval_without_parameter_gradients(model):
         if attack == "jsma":
             return pgsl_ext.attacks.jsma(model, x, y, theta=float(params.theta), gamma=float(params.gamma)).adversarial
-        import torchattacks
 
         if attack == "cw":
-            atk = torchattacks.CW(model, c=params.c, kappa=params.kappa, steps=int(params.steps), lr=params.lr)
-        elif attack == "bim":
+            return carlini_wagner_l2(model, x, y, c=params.c, kappa=params.kappa, steps=params.steps, lr=params.lr,
+                                     binary_steps=params.binary_steps).detach()
+        import torchattacks
+
+        if attack == "bim":
             atk = torchattacks.BIM(model, eps=params.eps, alpha=params.alpha, steps=int(params.steps))
         elif attack == "fgsm":
             atk = torchattacks.FGSM(model, eps=params.eps)
@@ -196,22 +271,37 @@ def _predictions(run: Run, x: Tensor, batch_size: int) -> Dict[str, Tensor]:
     return {name: torch.cat(p) for name, p in out.items()}
 
 
+def wilson_interval(correct: float, n: int, z: float = 1.959964) -> List[float]:
+    """The 95 % Wilson score interval of a proportion ``correct / n`` (sound at 0 and 1, where the
+    normal approximation collapses to a point)."""
+    if n <= 0:
+        return [0.0, 1.0]
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def _intervals(accuracy: Dict[str, float], n: int) -> Dict[str, List[float]]:
+    return {name: wilson_interval(round(a * n), n) for name, a in accuracy.items()}
+
+
 def _accuracies(run: Run, x: Tensor, y: Tensor, batch_size: int) -> Dict[str, float]:
     return {name: float((p == y).double().mean()) for name, p in _predictions(run, x, batch_size).items()}
 
 
-def _check(runs, undefended, images, attacks) -> None:
+def _check(runs, undefended: List[Run], images, attacks) -> None:
     op = "evaluate_robustness"
     if not isinstance(runs, Mapping) or not runs:
         raise ValueError(f"{op}: expected `runs` to be a non-empty dict of name -> Run, got {runs!r}")
     for name, run in runs.items():
         if not isinstance(run, Run):
             raise TypeError(f"{op}: expected `runs[{name!r}]` to be a pgsl.runs.Run, got {type(run).__name__}")
-    if undefended is not None:
-        if not isinstance(undefended, Run):
-            raise TypeError(f"{op}: expected `undefended` to be a pgsl.runs.Run or None, got {type(undefended).__name__}")
-        if undefended.defense != "none":
-            raise ValueError(f"{op}: expected `undefended` to be a --defense none run, got a --defense {undefended.defense} run ({undefended.folder})")
+    for source in undefended:
+        if not isinstance(source, Run):
+            raise TypeError(f"{op}: expected `undefended` to be pgsl.runs.Run(s) or None, got {type(source).__name__}")
+        if source.defense != "none":
+            raise ValueError(f"{op}: expected `undefended` to be --defense none run(s), got a --defense {source.defense} run ({source.folder})")
     if not isinstance(images, Split):
         raise TypeError(f"{op}: expected `images` to be a pgsl.data.Split, got {type(images).__name__}")
     x, y = images.x, images.y
@@ -222,7 +312,7 @@ def _check(runs, undefended, images, attacks) -> None:
         )
     if float(x.min()) < 0 or float(x.max()) > 1:
         raise ValueError(f"{op}: expected `images.x` in [0, 1], got values in [{float(x.min()):g}, {float(x.max()):g}]")
-    for name, run in list(runs.items()) + ([("undefended", undefended)] if undefended is not None else []):
+    for name, run in list(runs.items()) + [("undefended", u) for u in undefended]:
         shape = tuple(run.dataset.image_shape)
         if tuple(x.shape[1:]) != shape:
             raise ValueError(f"{op}: `images` are {tuple(x.shape[1:])} but run {name!r} ({run.folder}) takes {shape}")
@@ -258,7 +348,7 @@ class _Timer:
 def evaluate_robustness(
     runs: Dict[str, Run],
     *,
-    undefended: Optional[Run],
+    undefended,
     images: Split,
     attacks: Sequence[str] = ATTACKS,
     settings: Optional[Mapping] = None,
@@ -266,12 +356,14 @@ def evaluate_robustness(
     seed: int = 0,
 ) -> dict:
     """Accuracy of every run (each stream and the fused decision) on ``images``, clean and under
-    each of ``attacks``, transfer (crafted against ``undefended``; skipped when it is None) and
+    each of ``attacks``, transfer (crafted against an undefended run; skipped when there is none) and
     adaptive (against the run itself, BPDA through the client's JSMA and rpca).
 
     Args:
         runs: name -> restored run (:func:`pgsl.runs.restore`).
-        undefended: a ``--defense none`` run, the transfer attacks' source model.
+        undefended: ``--defense none`` run(s), the transfer attacks' source models: each run is
+            attacked with images crafted against the first of them that is not itself (another
+            seed), else against itself (then transfer is the white-box attack, and says so).
         images: the test images (x in [0, 1], ``(N, C, H, W)``) with their labels; sized so the
             defaults fit a CPU with :data:`DEFAULT_IMAGES`.
         attacks: some of :data:`ATTACKS`.
@@ -282,13 +374,16 @@ def evaluate_robustness(
     Returns:
         dict (JSON-serialisable)::
 
-            {"images": N, "undefended": folder or None, "seed": seed, "batch_size": B,
+            {"images": N, "undefended": the first source's folder or None, "transfer_sources": [folders],
+             "seed": seed, "batch_size": B,
              "adaptive_rpca_iters": cap or None,
              "attacks": {attack: {"how": text, "settings": {...}}}, "notes": [text, ...],
              "seconds": wall, "cpu_seconds": cpu,
              "results": {name: {"folder", "defense", "streams": [...],
-                             "clean": {stream: acc, ..., "fused": acc},
+                             "clean": {stream: acc, ..., "fused": acc}, "clean_ci95": {stream: [low, high], ...},
                              "attacks": {attack: {setting: {"accuracy": {stream: acc, ..., "fused": acc},
+                                                            "accuracy_ci95": {stream: [low, high], ...} (95 % Wilson
+                                                            interval over the images),
                                                             "source_accuracy": acc of the model attacked,
                                                             "perturbation": {"linf_mean", "l2_mean", "l0_mean"},
                                                             "seconds", "cpu_seconds"}}}}}}
@@ -298,22 +393,25 @@ def evaluate_robustness(
         the model the images were crafted against (the undefended one for transfer); crafting
         time is counted once for transfer images, under the first run.
     """
+    undefended = [] if undefended is None else ([undefended] if isinstance(undefended, Run) else list(undefended))
     _check(runs, undefended, images, attacks)
     cfg = st.resolve(RobustnessSettings, settings, "evaluate_robustness: `settings`")
     batch = cfg.batch_size
     x, y = images.x.float(), images.y
-    all_runs = list(runs.values()) + ([undefended] if undefended is not None else [])
+    all_runs = list(runs.values()) + undefended
     for r in all_runs:
         r.eval()
     wall, cpu_start = time.perf_counter(), time.process_time()
-    steps = len(runs) * len(attacks) * ((undefended is not None) + 1)
+    steps = len(runs) * len(attacks) * (bool(undefended) + 1)
     bar = tqdm(total=steps * len(x), desc="accuracy under attack", unit="img", disable=not progress, dynamic_ncols=True)
     report = {
         "images": len(x),
-        "undefended": undefended.folder if undefended is not None else None,
+        "undefended": undefended[0].folder if undefended else None,
+        "transfer_sources": [u.folder for u in undefended],
         "seed": seed,
         "batch_size": batch,
         "adaptive_rpca_iters": cfg.adaptive_rpca_iters,
+        "eot_samples": cfg.eot_samples,
         "attacks": {a: {"how": _HOW[a], "settings": dataclasses.asdict(getattr(cfg, a))} for a in attacks},
         "notes": [],
         "results": {},
@@ -324,7 +422,8 @@ def evaluate_robustness(
         "then the server runs rpca and three streams; 'fused' is the fusion-weighted softmax average (the decision). "
         "Adaptive attacks target the decision (log fused probabilities for pgsl) with the true labels; gradients pass "
         "the client's JSMA and rpca as the identity (BPDA), rpca capped at adaptive_rpca_iters in those forward "
-        "passes. Transfer attacks are crafted against the undefended run's full model (client and server)."
+        "passes; against --defense noise the output is averaged over eot_samples noise draws (EOT). Transfer attacks "
+        "are crafted against the undefended run's full model (client and server)."
     )
     report["notes"].append(
         "Accuracies are fractions of the images; 'seconds' / 'cpu_seconds' per setting are the crafting time "
@@ -341,23 +440,28 @@ def evaluate_robustness(
                 "defense": run.defense,
                 "streams": list(run.streams),
                 "clean": _accuracies(run, x, y, batch),
+                "clean_ci95": None,
                 "attacks": {},
             }
-            same_as_undefended = undefended is not None and (run is undefended or run.folder == undefended.folder)
+            entry["clean_ci95"] = _intervals(entry["clean"], len(x))
+            transfer_source = next((u for u in undefended if u.folder != run.folder), undefended[0] if undefended else None)
+            same_as_undefended = transfer_source is not None and transfer_source.folder == run.folder
             for attack in attacks:
                 results = {}
-                sources = ([("transfer", undefended)] if undefended is not None else []) + [("adaptive", run)]
+                sources = ([("transfer", transfer_source)] if transfer_source is not None else []) + [("adaptive", run)]
                 for setting, source in sources:
                     bar.set_postfix_str(f"{name} {attack} {setting}")
                     seconds = cpu = 0.0
-                    if setting == "transfer" and attack in transfer_cache:
-                        x_adv, source_accuracy = transfer_cache[attack]
+                    if setting == "transfer" and (attack, source.folder) in transfer_cache:
+                        x_adv, source_accuracy = transfer_cache[(attack, source.folder)]
                     elif setting == "adaptive" and same_as_undefended and "transfer" in results:
                         results["adaptive"] = dict(results["transfer"], note="the undefended run itself: the same images as transfer")
+                        results["transfer"]["note"] = "crafted against this run itself (no other undefended run to transfer from)"
                         bar.update(len(x))
                         continue
                     else:
-                        model = RunModel(source, bpda=True, rpca_iters=cfg.adaptive_rpca_iters)
+                        eot = cfg.eot_samples if source.defense == "noise" else 1
+                        model = RunModel(source, bpda=True, rpca_iters=cfg.adaptive_rpca_iters, eot=eot)
                         with _Timer() as t:
                             x_adv = torch.cat(
                                 [craft(model, attack, xb, yb, getattr(cfg, attack)) for xb, yb in zip(x.split(batch), y.split(batch))]
@@ -368,9 +472,11 @@ def evaluate_robustness(
                     if source_accuracy is None:
                         source_accuracy = accuracy["fused"] if source is run else _accuracies(source, x_adv, y, batch)["fused"]
                         if setting == "transfer":
-                            transfer_cache[attack] = (x_adv, source_accuracy)
+                            transfer_cache[(attack, source.folder)] = (x_adv, source_accuracy)
                     results[setting] = {
+                        "source": source.folder,
                         "accuracy": accuracy,
+                        "accuracy_ci95": _intervals(accuracy, len(x)),
                         "source_accuracy": source_accuracy,
                         "perturbation": _perturbation(x_adv, x),
                         "seconds": seconds,
