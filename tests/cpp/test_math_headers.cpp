@@ -11,8 +11,8 @@
 #include "check.h"
 #include "pgsl/jsma.h"
 #include "pgsl/pixel_unshuffle.h"
-#include "pgsl/rpca.h"
-#include "pgsl/soft_threshold.h"
+#include "pgsl/robust_pca.h"
+#include "pgsl/shrinkage.h"
 #include "pgsl/svd_jacobi.h"
 
 namespace {
