@@ -24,7 +24,7 @@ from .config import PGSL_ARCHITECTURE, Config
 from .data import Dataset, Split
 from .defenses import Ops, distance_correlation, laplace_noise
 from .errors import PeerError, RunError
-from .models import ClientNet, SmallCNN, fit_classifier, fuse, optimizer, predict, stream_names
+from .models import ClientNet, SmallCNN, finite_weights, fit_classifier, fuse, optimizer, predict, stream_names
 from .protocol import state_bytes, state_from_bytes
 from .transport import Link, role
 
@@ -183,15 +183,9 @@ class Client:
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "noise": self.noise.get_state()}
 
     def load_state(self, state: dict) -> None:
-        try:
-            self.net.load_state_dict(state["net"])
-            self.opt.load_state_dict(state["opt"])
-            self.sched.load_state_dict(state["sched"])
-            self.noise.set_state(state["noise"])
-        except (RuntimeError, KeyError, TypeError, ValueError) as e:
-            raise RunError(f"client {self.index}: the saved client half does not fit this run ({str(e).splitlines()[0]})") from None
-        if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
-            raise RunError(f"client {self.index}: the saved client half holds non-finite weights (a diverged run)")
+        loaders = {"net": self.net.load_state_dict, "opt": self.opt.load_state_dict, "sched": self.sched.load_state_dict,
+                   "noise": self.noise.set_state}
+        rundir.load_half(state, loaders, f"client {self.index}'s half", self.net)
 
     # ------------------------------------------------------------------ the role in the run
 
@@ -314,7 +308,7 @@ class Client:
                 "seconds": float(summary[3]),
             }
         record["server_seconds"] = float(summary[4])
-        if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
+        if not finite_weights(self.net):
             raise RunError(f"epoch {epoch + 1}: the client's weights are no longer finite: training diverged (try a smaller --lr "
                            f"than {self.cfg.lr:g}); the last checkpoint is kept")
         self.history.append(record)

@@ -34,6 +34,7 @@ __all__ = [
     "SmallCNN",
     "STREAMS",
     "conv_block",
+    "finite_weights",
     "fit_classifier",
     "predict",
 ]
@@ -206,6 +207,11 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
+
+
+def finite_weights(net: nn.Module) -> bool:
+    """Whether every parameter of ``net`` is finite (a diverged run's are not)."""
+    return all(bool(torch.isfinite(p).all()) for p in net.parameters())
 
 
 def optimizer(params, cfg):

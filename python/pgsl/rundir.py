@@ -20,7 +20,7 @@ import os
 import platform
 import subprocess
 import uuid
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -33,6 +33,7 @@ __all__ = [
     "checkpoint",
     "git_commit",
     "load_cache",
+    "load_half",
     "load_checkpoint",
     "load_config_and_metrics",
     "lock",
@@ -109,6 +110,21 @@ def load_checkpoint(out: str, half: str, epoch: int) -> dict:
     if expected is not None and state.get("run_id") != expected:
         raise RunError(f"{path}: belongs to another run (run id {state.get('run_id')!r}; this folder's run is {expected!r})")
     return state
+
+
+def load_half(state: dict, loaders: Dict[str, Callable], who: str, net) -> None:
+    """Load a saved half into its objects (``loaders``: key of ``state`` -> the load function) and
+    check its network's weights are finite; a state that does not fit, or a diverged one, is a
+    :class:`RunError` naming ``who``."""
+    from .models import finite_weights
+
+    try:
+        for key, load in loaders.items():
+            load(state[key])
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise RunError(f"{who}: the saved state does not fit this run ({str(e).splitlines()[0]})") from None
+    if not finite_weights(net):
+        raise RunError(f"{who}: the saved state holds non-finite weights (a diverged run)")
 
 
 def load_cache(path: str) -> dict:

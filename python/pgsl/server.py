@@ -137,16 +137,12 @@ class Server:
         }
 
     def load_state(self, state: dict) -> None:
-        try:
-            self.net.load_state_dict(state["net"])
-            self.opt.load_state_dict(state["opt"])
-            self.sched.load_state_dict(state["sched"])
-            self.fusion.load_state_dict(state["fusion"])
-            self.rng_state = state["rng"]
-        except (RuntimeError, KeyError, TypeError, ValueError) as e:
-            raise RunError(f"the saved server half does not fit this run ({str(e).splitlines()[0]})") from None
-        if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
-            raise RunError("the saved server half holds non-finite weights (a diverged run)")
+        def set_rng(rng):
+            self.rng_state = rng
+
+        loaders = {"net": self.net.load_state_dict, "opt": self.opt.load_state_dict, "sched": self.sched.load_state_dict,
+                   "fusion": self.fusion.load_state_dict, "rng": set_rng}
+        rundir.load_half(state, loaders, "the server's half", self.net)
 
     # ------------------------------------------------------------------ the role in the run
 
