@@ -200,3 +200,31 @@ def test_mias_errors(tmp_path):
 def test_bad_specs(spec):
     with pytest.raises(DataError, match="--data"):
         data.load(spec)
+
+
+# --------------------------------------------------------------------------- files the model cannot take (issue 22)
+
+
+@pytest.mark.parametrize("shape", [(30, 28, 32), (30, 8, 8), (30, 13, 13)])
+def test_idx_images_the_model_cannot_take_are_refused(tmp_path, shape):
+    _mnist_folder(str(tmp_path))
+    _write_idx(os.path.join(tmp_path, "train-images-idx3-ubyte"), torch.zeros(shape), False)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: expected square images of an even side >= 12"):
+        data.load(f"mnist:{tmp_path}")
+
+
+def test_a_corrupt_gzip_stream_names_the_file(tmp_path):
+    _mnist_folder(str(tmp_path), gz=True)
+    path = os.path.join(tmp_path, "train-images-idx3-ubyte.gz")
+    blob = bytearray(open(path, "rb").read())
+    start = blob.index(0, 10) + 1 if blob[3] & 0x08 else 10  # past gzip's header and the file name it stores
+    blob[start : start + 8] = b"\xff" * 8  # the first deflate block's header: zlib.error, not a CRC failure
+    open(path, "wb").write(bytes(blob))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: cannot read"):
+        data.load(f"mnist:{tmp_path}")
+
+
+def test_a_mias_split_without_a_validation_image_is_refused(tmp_path):
+    _mias_folder(str(tmp_path), n_patients=3)
+    with pytest.raises(DataError, match="too few for a train, a validation"):
+        data.load(f"mias:{tmp_path}", mias_size=16)

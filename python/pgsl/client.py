@@ -43,7 +43,8 @@ def client_splits(dataset: Dataset, cfg: Config, k: int) -> Dict[str, Split]:
         train = train.subset(torch.arange(min(cfg.train_subset, len(train))))
     shard = train.subset(shard_indices(len(train), cfg.clients, cfg.seed)[k - 1])
     if len(shard) < 2:
-        raise RunError(f"--clients {cfg.clients}: client {k} gets {len(shard)} training images; it needs at least 2")
+        given = f"--train-subset {cfg.train_subset} and " if cfg.train_subset else ""
+        raise RunError(f"{given}--clients {cfg.clients}: client {k} gets {len(shard)} training images; it needs at least 2")
     splits = {"train": shard}
     if k == 1:
         splits.update(val=dataset.val, test=dataset.test)

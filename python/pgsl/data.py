@@ -22,6 +22,7 @@ import math
 import os
 import re
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -163,7 +164,7 @@ def read_idx(path: str) -> Tensor:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
     if len(data) < 4:
         raise DataError(f"{path}: truncated IDX header ({len(data)} bytes)")
@@ -186,6 +187,10 @@ def _idx_pair(folder: str, images_key: str, labels_key: str) -> Tuple[Tensor, Te
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.dim() != 3:
         raise DataError(f"{images_path}: expected images of shape (N, H, W), got {tuple(images.shape)}")
+    side = images.shape[1]
+    if images.shape[2] != side or side % 2 or side < 12:
+        raise DataError(f"{images_path}: expected square images of an even side >= 12 (the 2x2 unshuffle and the "
+                        f"surrogate's smallest input), got {images.shape[1]}x{images.shape[2]}")
     if labels.dim() != 1 or labels.numel() != images.shape[0]:
         raise DataError(f"{labels_path}: expected {images.shape[0]} labels (one per image), got shape {tuple(labels.shape)}")
     if labels.numel() and int(labels.max()) > 9:
@@ -348,8 +353,11 @@ def load_mias(folder: str, *, size: int = 64, seed: int = 0) -> Dataset:
     in_test = torch.isin(patient, test_patients)
     in_val = torch.isin(patient, val_patients)
     in_train = ~(in_test | in_val)
-    if not bool(in_train.any()) or not bool(in_test.any()):
-        raise DataError(f"--data mias:{folder}: {len(refs)} images are too few for a train and a test split")
+    if not bool(in_train.any()) or not bool(in_test.any()) or not bool(in_val.any()):
+        raise DataError(
+            f"--data mias:{folder}: {len(refs)} images are too few for a train, a validation (the decision fusion "
+            "adapts on it) and a test split"
+        )
     per_class = lambda mask: "/".join(str(int((y[mask] == c).sum())) for c in range(3))  # noqa: E731
     notes.insert(
         0,
