@@ -95,6 +95,30 @@ def test_a_dead_or_hung_client_ends_the_run(tmp_path, how):
                 p.communicate()
 
 
+def test_a_stopped_server_ends_the_clients(tmp_path):
+    """The rendezvous store lives in rank 0: a SIGSTOPped server used to block every client's store
+    call, heartbeat thread included, forever whatever --timeout said."""
+    out = str(tmp_path / "run")
+    timeout = 8
+    procs = _ranks(out, timeout)
+    try:
+        _wait_for(os.path.join(out, "config.json"), procs)
+        time.sleep(2)
+        os.kill(procs[0].pid, signal.SIGSTOP)
+        start = time.monotonic()
+        for p in procs[1:]:
+            _, stderr = p.communicate(timeout=timeout * 4 + 60)
+            assert p.returncode != 0 and "Traceback" not in stderr, stderr
+            last = stderr.strip().splitlines()[-1]
+            assert last.startswith("pgsl train: error:") and "the server (rank 0)" in last, last
+        assert time.monotonic() - start < timeout * 4 + 60
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
 def _children(pid):
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:

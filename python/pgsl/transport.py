@@ -111,8 +111,16 @@ class DistributedLink(Link):
         self.device = device
         self._store = _STORE
         self._stop = threading.Event()
+        # The peers' heartbeat counters as last read, and when the store last answered: the store
+        # lives in rank 0, so a stopped (not dead) server blocks every store call; reading it from
+        # a thread of its own lets a wait notice that instead of blocking with it.
+        self._counts: Dict[int, int] = {}
+        self._store_answered = time.monotonic()
+        self._store_error: List[Exception] = []
         self._beat = threading.Thread(target=self._heartbeat, args=(heartbeat_interval,), daemon=True)
         self._beat.start()
+        self._monitor = threading.Thread(target=self._read_heartbeats, daemon=True)
+        self._monitor.start()
 
     # -- liveness
     def _key(self, rank: int) -> str:
@@ -125,6 +133,18 @@ class DistributedLink(Link):
             except Exception:  # the store's host (rank 0) is gone; waits on it report that
                 return
             self._stop.wait(interval)
+
+    def _read_heartbeats(self) -> None:
+        peers = [r for r in range(self.world_size) if r != self.rank]
+        while not self._stop.is_set():
+            try:
+                counts = {p: self._store.add(self._key(p), 0) for p in peers}
+            except Exception as e:  # the store's host (rank 0) is gone
+                self._store_error.append(e)
+                return
+            self._counts.update(counts)
+            self._store_answered = time.monotonic()
+            self._stop.wait(0.25)
 
     def _wait(self, work, peer: int, what: str) -> None:
         """Wait for one send/receive while watching ``peer``'s heartbeat. gloo's work objects
@@ -143,10 +163,15 @@ class DistributedLink(Link):
         last_count, last_change = None, time.monotonic()
         while not done.wait(0.25):
             now = time.monotonic()
-            try:
-                count = self._store.add(self._key(peer), 0)
-            except Exception as e:
-                raise PeerError(f"lost the rendezvous store while waiting for {role(peer)} ({what}): {e}") from None
+            if self._store_error:
+                e = self._store_error[0]
+                raise PeerError(f"lost the rendezvous store while waiting for {role(peer)} ({what}): {e}")
+            if now - self._store_answered > self.timeout:
+                raise PeerError(
+                    f"{role(0)}, which holds the rendezvous store, stopped answering: no reply for {self.timeout:g} s "
+                    f"while waiting for {what}"
+                )
+            count = self._counts.get(peer)
             if count != last_count:
                 last_count, last_change = count, now
             elif now - last_change > self.timeout:
