@@ -314,3 +314,17 @@ def test_an_interrupted_evaluation_keeps_what_finished(finished, tmp_path, monke
 def test_rpca_names_an_iteration_cap_beyond_64_bits():
     with pytest.raises(ValueError, match="rpca: expected `max_iter` to fit in 64 bits"):
         pgsl_ext.ops.rpca(torch.rand(2, 4, 4), max_iter=10**20)
+
+
+def test_negative_fusion_weights_reach_their_check(tmp_path, capsys):
+    line = one_line_error(capsys, ["train", "--fusion-weights", "-1,1,1", "--out", str(tmp_path / "run")])
+    assert "--fusion-weights: expected three finite weights >= 0" in line and "(-1.0, 1.0, 1.0)" in line
+
+
+def test_a_text_pixel_in_an_ascii_pgm_names_the_file(tmp_path):
+    from pgsl.data import DataError, read_pgm
+
+    path = tmp_path / "mdb001.pgm"
+    path.write_text("P2\n2 2\n255\n0 12 x7 255\n")
+    with pytest.raises(DataError, match=r"mdb001.pgm: pixel value b'x7' is not an integer"):
+        read_pgm(str(path))

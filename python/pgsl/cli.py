@@ -65,6 +65,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (io.UnsupportedOperation, ValueError):  # stderr is not a file (e.g. captured)
             pass
     argv = list(sys.argv[1:] if argv is None else argv)
+    # "--fusion-weights -1,1,1": argparse would take the value for an option and say "expected one
+    # argument"; joined with "=" it reaches the option's own check, which names what is wrong.
+    argv = [f"{a}={argv[i + 1]}" if a == "--fusion-weights" and i + 1 < len(argv) and argv[i + 1].startswith("-")
+            and argv[i + 1][1:2].isdigit() else a for i, a in enumerate(argv)
+            if not (i > 0 and argv[i - 1] == "--fusion-weights" and a.startswith("-") and a[1:2].isdigit())]
     parser = _Parser(prog="pgsl", description="PGSL split learning: train, and evaluate privacy and robustness.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_command(sub, "train", TRAIN_HELP, TRAIN_DESCRIPTION, config.add_arguments, _train)

@@ -256,7 +256,11 @@ def read_pgm(path: str) -> Tensor:
         values = data[pos:].split()
         if len(values) < width * height:
             raise DataError(f"{path}: truncated: {len(values)} pixel values, expected {width * height}")
-        pixels = torch.tensor([int(v) for v in values[: width * height]], dtype=torch.float32)
+        try:
+            pixels = torch.tensor([int(v) for v in values[: width * height]], dtype=torch.float32)
+        except ValueError:
+            bad = next(v for v in values[: width * height] if not v.isdigit())
+            raise DataError(f"{path}: pixel value {bad[:16]!r} is not an integer (ASCII PGM)") from None
     return pixels.reshape(height, width).div_(maxval).clamp_(0, 1)
 
 
