@@ -294,8 +294,12 @@ def test_evaluate_refuses_empty_or_mistyped_requests(finished, tmp_path):
     assert not os.path.exists(out)
 
 
-def test_an_interrupted_evaluation_keeps_what_finished(finished, tmp_path, monkeypatch):
+def test_an_interrupted_evaluation_keeps_what_finished_and_resumes_to_the_same_report(finished, tmp_path, monkeypatch):
     from pgsl.evaluate import robustness
+
+    kwargs = dict(evaluations=["decoder", "fgsm"], images=4, robust_images=4, progress=False)
+    whole = evaluate(str(finished), out=str(tmp_path / "whole"), **kwargs)
+    real = robustness.evaluate_robustness
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -303,9 +307,23 @@ def test_an_interrupted_evaluation_keeps_what_finished(finished, tmp_path, monke
     monkeypatch.setattr(robustness, "evaluate_robustness", interrupted)
     out = tmp_path / "o"
     with pytest.raises(KeyboardInterrupt):
-        evaluate(str(finished), out=str(out), evaluations=["decoder", "fgsm"], images=4, robust_images=4, progress=False)
+        evaluate(str(finished), out=str(out), **kwargs)
     report = json.loads((out / "report.json").read_text())
     assert report["privacy"]["none"]["decoder"]["metrics_vs_clean"]["psnr"] > 0 and "robustness" not in report
+    computed = []
+    monkeypatch.setattr(robustness, "evaluate_robustness", lambda *a, **k: computed.append(1) or real(*a, **k))
+    monkeypatch.setattr("pgsl.evaluate.inversion.evaluate_privacy", lambda *a, **k: pytest.fail("privacy recomputed"))
+    resumed = evaluate(str(finished), out=str(out), resume=True, **kwargs)
+    assert computed == [1]
+    def numbers(part):  # everything but the times
+        if isinstance(part, dict):
+            return {k: numbers(v) for k, v in part.items() if k not in ("seconds", "cpu_seconds")}
+        return [numbers(v) for v in part] if isinstance(part, list) else part
+
+    for part in ("privacy", "robustness"):
+        assert json.dumps(numbers(resumed[part]), sort_keys=True, default=str) == json.dumps(numbers(whole[part]), sort_keys=True, default=str)
+    with pytest.raises(RunError, match="--resume: .* has inversion_images 4, this evaluation 3"):
+        evaluate(str(finished), out=str(out), resume=True, **dict(kwargs, images=3))
 
 
 # --------------------------------------------------------------------------- the library (19)

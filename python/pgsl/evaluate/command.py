@@ -27,6 +27,7 @@ def add_arguments(p) -> None:
     p.add_argument("--robust-images", type=int, default=50, help="test images attacked for accuracy under attack")
     p.add_argument("--full", action="store_true", help="the full protocol's attack settings (many more iterations; hours on a CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks")
+    p.add_argument("--resume", action="store_true", help="keep the parts an interrupted evaluation wrote into --out; compute the rest")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -35,6 +36,6 @@ def run(args, argv) -> int:
     out = args.out or (os.path.join(args.run, "evaluation") if args.run else os.path.join("runs", "compare"))
     evaluations = [a.strip() for a in args.attacks.split(",") if a.strip()]
     report = evaluate(folders, out=out, evaluations=evaluations, images=args.images, robust_images=args.robust_images,
-                      full=args.full, seed=args.seed, progress=args.progress)
+                      full=args.full, seed=args.seed, progress=args.progress, resume=args.resume)
     print(f"pgsl evaluate: {report['seconds']:.0f} s; report in {os.path.join(out, 'report.md')} (and report.json, PNG figures)")
     return 0

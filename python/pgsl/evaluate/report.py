@@ -95,8 +95,14 @@ def evaluate(
     full: bool = False,
     seed: int = 0,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict:
-    """Evaluate the runs in ``folders`` and write the report into ``out``; returns report.json's dict."""
+    """Evaluate the runs in ``folders`` and write the report into ``out``; returns report.json's dict.
+
+    The report is written as each part finishes (every run's privacy, robustness, the mu sweep);
+    ``resume=True`` keeps the parts an earlier, interrupted call with the same runs and protocol
+    wrote into ``out`` and computes the rest. Each part is seeded on its own, so a resumed report
+    holds the numbers an uninterrupted one would."""
     if isinstance(folders, str):
         folders = [folders]
     if not folders:
@@ -140,6 +146,8 @@ def evaluate(
         """The report as it stands: an interrupted evaluation keeps every part that finished."""
         report["seconds"] = time.perf_counter() - started
         _write_report(report, out)
+        if reconstructions:
+            torch.save(reconstructions, os.path.join(out, "reconstructions.pt"))
 
     report: dict = {
         "runs": {
@@ -171,6 +179,7 @@ def evaluate(
     figures: Dict[str, str] = {}
     inversion_names = [e for e in evaluations if e in inversion.ATTACKS]
     reconstructions: Dict[str, Dict[str, torch.Tensor]] = {}
+    earlier, earlier_reconstructions = _earlier_report(out, report) if resume else ({}, {})
     if inversion_names:
         privacy = {}
         inv_targets = targets.subset(torch.arange(min(images, len(targets))))
@@ -189,10 +198,19 @@ def evaluate(
             "accuracy_on_clean_targets": ceiling,
         }
         for name, run in runs.items():
-            result = inversion.evaluate_privacy(
-                run, inv_targets, aux, attacks=inversion_names, settings=settings, classifier=classifier,
-                progress=progress, seed=seed,
-            )
+            done = earlier.get("privacy", {}).get(name, {})
+            if all(a in done for a in inversion_names) and set(inversion_names) <= set(earlier_reconstructions.get(name, {})):
+                privacy[name] = done
+                reconstructions[name] = earlier_reconstructions[name]
+                report["runs"][name]["dcor_image_message"] = earlier["runs"][name].get("dcor_image_message")
+                report["privacy"] = privacy
+                continue
+            with torch.random.fork_rng(devices=[]):  # each run's attacks seeded alike, whatever ran before
+                torch.manual_seed(seed)
+                result = inversion.evaluate_privacy(
+                    run, inv_targets, aux, attacks=inversion_names, settings=settings, classifier=classifier,
+                    progress=progress, seed=seed,
+                )
             reconstructions[name] = {a: r.pop("reconstructions") for a, r in result.items()}
             result["knowledge_levels"] = inversion.knowledge_levels(result)
             privacy[name] = result
@@ -203,18 +221,19 @@ def evaluate(
     if adversarial_names:
         undefended = [r for r in runs.values() if r.defense == "none"]
         rob_targets = targets.subset(torch.arange(min(robust_images, len(targets))))
-        report["robustness"] = robustness.evaluate_robustness(
-            runs, undefended=undefended, images=rob_targets, attacks=adversarial_names,
-            settings=robustness.FULL_SETTINGS if full else None, progress=progress, seed=seed,
-        )
+        if list(earlier.get("robustness", {}).get("attacks", {})) == adversarial_names:
+            report["robustness"] = earlier["robustness"]
+        else:
+            report["robustness"] = robustness.evaluate_robustness(
+                runs, undefended=undefended, images=rob_targets, attacks=adversarial_names,
+                settings=robustness.FULL_SETTINGS if full else None, progress=progress, seed=seed,
+            )
         write_so_far()
     pgsl_runs = [r for r in runs.values() if r.defense == "pgsl"]
     if "musweep" in evaluations and pgsl_runs:
-        report["mu_sweep"] = mu_sweep.sweep_mu(pgsl_runs[0], targets, progress=progress)
+        report["mu_sweep"] = earlier.get("mu_sweep") or mu_sweep.sweep_mu(pgsl_runs[0], targets, progress=progress)
     # The numbers and the reconstructions first: a figure that fails must not lose the run.
     write_so_far()
-    if reconstructions:
-        torch.save(reconstructions, os.path.join(out, "reconstructions.pt"))
 
     from . import figures as figs
 
@@ -229,6 +248,30 @@ def evaluate(
     report["figures"] = {k: os.path.basename(v) for k, v in figures.items()}
     _write_report(report, out)
     return report
+
+
+def _earlier_report(out: str, report: dict):
+    """The report (and reconstructions) an interrupted evaluation left in ``out``, checked to be of
+    the same runs under the same protocol as ``report``."""
+    path = os.path.join(out, "report.json")
+    if not os.path.isfile(path):
+        raise RunError(f"--resume: {out} holds no report to continue (no report.json)")
+    try:
+        with open(path) as f:
+            earlier = json.load(f)
+        folders = {n: r["folder"] for n, r in earlier["runs"].items()}
+        protocol = earlier["protocol"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunError(f"--resume: {path} is not a pgsl evaluate report ({type(e).__name__}: {e})") from None
+    mine = {n: r["folder"] for n, r in report["runs"].items()}
+    if folders != mine:
+        raise RunError(f"--resume: {path} evaluated other runs ({sorted(folders.values())}); expected {sorted(mine.values())}")
+    for key in ("inversion_images", "robustness_images", "full", "seed", "auxiliary_images"):
+        if protocol.get(key) != report["protocol"][key]:
+            raise RunError(f"--resume: {path} has {key} {protocol.get(key)!r}, this evaluation {report['protocol'][key]!r}")
+    recon_path = os.path.join(out, "reconstructions.pt")
+    recons = torch.load(recon_path, weights_only=True) if os.path.isfile(recon_path) else {}
+    return earlier, recons
 
 
 def _write_report(report: dict, out: str) -> None:
