@@ -221,15 +221,23 @@ def test_cw_moves_pixels_that_start_at_0():
     assert (model(ours).argmax(1) == 1).all() and float(ours.max()) > 0 and float(ours.min()) >= 0
 
 
-def test_cw_changes_pgsl_images_through_its_fused_log_probabilities(runs):
+def test_cw_margin_has_a_gradient_through_pgsls_fused_log_probabilities(runs):
+    """Against pgsl's decision (the log of the fused probabilities) torchattacks' CW term
+    max(z_y - max((1 - onehot) z), -kappa) is max(log p_y, 0) = 0: no gradient, so its adaptive CW
+    only shrank the distance to the clean image. Ours keeps a margin to push on."""
     run = runs["pgsl"]
-    images = _images(run, 8)
-    model = RunModel(run, bpda=True, rpca_iters=5)  # "fused": the log of the decision's probabilities
-    settings = RobustnessSettings().cw
-    settings.steps, settings.binary_steps = 10, 2
-    adv = craft(model, "cw", images.x, images.y, settings)
-    changed = (adv - images.x).abs().flatten(1).amax(1) > 1e-3
-    assert changed.any(), "CW moved no image of the pgsl run: its margin is not acting"
+    x = _images(run, 8).x.clone().requires_grad_(True)
+    model = RunModel(run, bpda=True, rpca_iters=5)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every image classified as its label: a positive margin to remove
+    outputs = model(x)
+    ours = margin(outputs, y).clamp_min(0)
+    onehot = F.one_hot(y, outputs.shape[1]).float()
+    theirs = ((onehot * outputs).max(1).values - ((1 - onehot) * outputs).max(1).values).clamp_min(0)  # torchattacks.CW.f
+    assert torch.equal(theirs.detach(), torch.zeros(8))
+    assert (ours > 0).all()
+    (grad,) = torch.autograd.grad(ours.sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
 def test_wilson_interval():
