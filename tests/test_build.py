@@ -67,24 +67,24 @@ def test_cmake_globs_the_same_sources_as_setup_py(setup_py, tmp_path, monkeypatc
     assert "csrc/registration.cpp" in without_cuda and "csrc/python_module.cpp" in without_cuda
 
 
+def _stem_clashes(patterns):
+    """Files under csrc/ matching ``patterns`` whose stems repeat, by stem."""
+    files = [p for ext in patterns for p in (ROOT / "csrc").rglob(ext)]
+    assert files
+    stems = collections.Counter(p.stem for p in files)
+    return {stem: sorted(str(p.relative_to(ROOT)) for p in files if p.stem == stem) for stem, n in stems.items() if n > 1}
+
+
 def test_source_file_stems_are_unique():
     # Object files are named by stem (x.cpp and x.cu both make x.o): a clash breaks ninja.
-    sources = [p for ext in ("*.cpp", "*.cu") for p in (ROOT / "csrc").rglob(ext)]
-    assert sources
-    stems = collections.Counter(p.stem for p in sources)
-    clashes = {stem: sorted(str(p.relative_to(ROOT)) for p in sources if p.stem == stem)
-               for stem, n in stems.items() if n > 1}
+    clashes = _stem_clashes(("*.cpp", "*.cu"))
     assert not clashes, f"source file stems must be unique under csrc/: {clashes}"
 
 
 def test_header_file_stems_are_unique():
     # csrc/ and csrc/include/ are both include roots: with two rpca.h, '#include "rpca.h"' means
     # whichever root the compiler tries first, and a reader cannot tell which.
-    headers = [p for ext in ("*.h", "*.cuh") for p in (ROOT / "csrc").rglob(ext)]
-    assert headers
-    stems = collections.Counter(p.stem for p in headers)
-    clashes = {stem: sorted(str(p.relative_to(ROOT)) for p in headers if p.stem == stem)
-               for stem, n in stems.items() if n > 1}
+    clashes = _stem_clashes(("*.h", "*.cuh"))
     assert not clashes, f"header file stems must be unique under csrc/: {clashes}"
 
 
