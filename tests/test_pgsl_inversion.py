@@ -308,3 +308,51 @@ def test_no_knowledge_level_scores_below_a_weaker_one():
     levels = knowledge_levels({"decoder": result(20.0), "whitebox": result(30.0), "knowledge_levels": []})
     assert [(lv["best_attack"], lv["psnr_vs_clean"]) for lv in levels] == [("decoder", 20.0), ("whitebox", 30.0)]
     assert sorted(ATTACKS[a].level for a in ATTACKS) == list(range(len(KNOWLEDGE_LEVELS)))
+
+
+# --------------------------------------------------------------------------- batched and realistic gradient leakage
+
+
+@pytest.mark.parametrize("problems, batch", [(3, 1), (2, 3)])
+def test_gradients_per_problem_are_each_problems_own(tiny_run, problems, batch):
+    """DLG solves every (image, restart) at once: each problem's gradients must be those of its
+    images alone, as the unbatched computation gives them."""
+    from pgsl.evaluate.inversion import PipelineSpec
+
+    run = tiny_run[0].initial().eval()
+    spec = PipelineSpec.of(run)
+    g = torch.Generator().manual_seed(1)
+    variables = spec.variables(problems * batch, g)
+    labels = torch.randint(0, 10, (problems * batch,), generator=g)
+    batched = run.gradients_per_problem(variables[0], spec.net_input(variables), labels, problems)
+    for p in range(problems):
+        part = [v[p * batch:(p + 1) * batch] for v in variables]
+        a = run.client.net(spec.net_input(part))
+        alone = run.parameter_gradients(part[0], a, a, labels[p * batch:(p + 1) * batch])
+        for got, want in zip(batched, alone):
+            torch.testing.assert_close(got[p], want, rtol=1e-4, atol=1e-6)
+
+
+def test_realistic_dlg_reads_the_turns_gradient_off_the_adam_state(tiny_run):
+    from pgsl.evaluate.inversion import gradient_from_adam_states
+
+    run = tiny_run[0]
+    x, y = run.dataset.test.x[:4], run.dataset.test.y[:4]
+    before = [p.detach().clone() for p in run.client.net.parameters()]
+    seen = run.observed_turn(x, y)
+    assert all(torch.equal(a, p) for a, p in zip(before, run.client.net.parameters()))  # the run is left as it was
+    assert seen["before"]["state"]  # a trained run's Adam has moments: m != 0 before the turn
+    for got, want in zip(gradient_from_adam_states(seen["before"], seen["after"]), run.client_gradients(x, y)):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-7)
+
+
+def test_dlg_is_labelled_upper_bound_and_the_turn_attack_realistic(tiny_run):
+    run = tiny_run[0]
+    targets = run.dataset.test.subset(torch.arange(4))
+    settings = {"dlg": {"batches": 2, "restarts": 2, "iterations": 3}, "dlg_turn": {"images": 3, "restarts": 2, "iterations": 3}}
+    result = evaluate_privacy(run, targets, run.dataset.val, attacks=["dlg", "dlg_turn"], settings=settings,
+                              classifier=SmallCNN(), progress=False)
+    assert result["dlg"]["how"].startswith("upper bound") and result["dlg"]["indices"] == [0, 1]
+    assert result["dlg_turn"]["how"].startswith("realistic") and result["dlg_turn"]["indices"] == [0, 1, 2]
+    assert result["dlg_turn"]["reconstructions"].shape == (3, 1, 28, 28)
+    assert ATTACKS["dlg_turn"].level == ATTACKS["dlg"].level == len(KNOWLEDGE_LEVELS) - 1

@@ -34,6 +34,7 @@ __all__ = [
     "SmallCNN",
     "STREAMS",
     "conv_block",
+    "client_forward_per_problem",
     "finite_weights",
     "fit_classifier",
     "predict",
@@ -69,6 +70,31 @@ class ClientNet(nn.Sequential):
 
     def __init__(self, in_channels: int):
         super().__init__(conv_block(in_channels), conv_block(WIDTH))
+
+
+def client_forward_per_problem(net: ClientNet, params: Sequence[Tensor], x: Tensor, problems: int) -> Tensor:
+    """``net`` in eval mode run with its own parameters per problem: ``x`` ``(P * B, C, H, W)``
+    holds ``P = problems`` problems of ``B`` images each (problem-major), ``params`` are ``net``'s
+    parameters in :meth:`~torch.nn.Module.parameters` order, each stacked ``(P, *shape)``.
+    Problem ``p``'s output is ``net``'s with ``params[k][p]`` as its parameters (one grouped conv
+    per layer, BatchNorm with the net's running statistics), so the gradient of a sum of
+    per-problem losses w.r.t. ``params[k][p]`` is problem ``p``'s own: many independent
+    gradient-matching problems solved in one batch."""
+    if net.training:
+        raise ValueError("client_forward_per_problem: expected the net in eval mode (running BatchNorm statistics)")
+    n = x.shape[0]
+    if problems < 1 or n % problems:
+        raise ValueError(f"client_forward_per_problem: {n} images do not split into {problems} problems")
+    batch = n // problems
+    h = x.reshape(problems, batch, *x.shape[1:]).transpose(0, 1).reshape(batch, -1, *x.shape[2:])
+    params = list(params)
+    for i, block in enumerate(net):
+        conv, bn = block[0], block[2]
+        weight, bias, gamma, beta = params[4 * i: 4 * i + 4]
+        h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1), conv.stride, conv.padding, conv.dilation, conv.groups * problems)
+        h = F.relu(h)
+        h = F.batch_norm(h, bn.running_mean.repeat(problems), bn.running_var.repeat(problems), gamma.reshape(-1), beta.reshape(-1), False, 0.0, bn.eps)
+    return h.reshape(batch, problems, -1, *h.shape[2:]).transpose(0, 1).reshape(n, -1, *h.shape[2:])
 
 
 class Trunk(nn.Module):

@@ -11,6 +11,7 @@ decision (:meth:`Run.fused_probs`) and the client's parameter gradients
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence
@@ -24,7 +25,7 @@ from .client import Client
 from .config import Config
 from .data import Dataset
 from .errors import ConfigError, RunError
-from .models import fuse
+from .models import client_forward_per_problem, fuse, optimizer
 from .server import Server
 from .transport import LocalHub
 
@@ -132,6 +133,25 @@ class Run:
             loss = loss + penalty
         return list(torch.autograd.grad(loss, list(self.client.net.parameters()), create_graph=create_graph))
 
+    def gradients_per_problem(self, x: Tensor, net_input: Tensor, labels: Tensor, problems: int, *, create_graph: bool = False) -> List[Tensor]:
+        """:meth:`parameter_gradients` (no noise: an attacker's dummies) for ``problems``
+        independent problems at once, the client and server in eval mode: ``x`` ``(P * B, C, H,
+        W)`` the images (problem-major, ``B`` each), ``net_input`` conv 1's input for them,
+        ``labels`` ``(P * B,)``. Returns the client's parameter gradients stacked ``(P, *shape)``:
+        row ``p`` is :meth:`parameter_gradients` of problem ``p``'s ``B`` images alone (each
+        problem's mean loss; the server's eval-mode layers treat images independently)."""
+        batch = len(x) // problems
+        params = [p.detach().unsqueeze(0).repeat(problems, *[1] * p.dim()).requires_grad_(True) for p in self.client.net.parameters()]
+        activations = client_forward_per_problem(self.client.net, params, net_input, problems)
+        logits = self.server.logits(activations)
+        loss = sum(F.cross_entropy(z, labels, reduction="sum") for z in logits.values()) / batch
+        for p in range(problems):
+            part = slice(p * batch, (p + 1) * batch)
+            penalty = self.client.penalty(x[part], activations[part])
+            if penalty is not None:
+                loss = loss + penalty
+        return list(torch.autograd.grad(loss, params, create_graph=create_graph))
+
     def client_gradients(self, x: Tensor, labels: Tensor) -> List[Tensor]:
         """The victim's side of gradient leakage: :meth:`parameter_gradients` of one step on
         images ``x`` through the client's real pipeline (its JSMA, its noise), in the current
@@ -139,6 +159,21 @@ class Run:
         activations = self.client.activations(x, self.encoded_images(x))
         sent = self.client.send(activations, differentiable=True)
         return [g.detach() for g in self.parameter_gradients(x, activations, sent, labels)]
+
+    def observed_turn(self, x: Tensor, labels: Tensor) -> Dict[str, dict]:
+        """What the next client in the ring receives around the victim's turn of one training step
+        on images ``x``: the client half's optimiser state (its ``state`` message holds the Adam
+        state beside the weights) before and after, as ``{"before", "after"}`` state dicts. The
+        step is the victim's (:meth:`client_gradients`: its real pipeline, the current modes) on a
+        copy; this run is left as it was."""
+        net = copy.deepcopy(self.client.net)
+        opt, _ = optimizer(net.parameters(), self.cfg)
+        opt.load_state_dict(self.client.opt.state_dict())
+        before = copy.deepcopy(opt.state_dict())
+        for p, g in zip(net.parameters(), self.client_gradients(x, labels)):
+            p.grad = g
+        opt.step()
+        return {"before": before, "after": copy.deepcopy(opt.state_dict())}
 
     def initial(self) -> "Run":
         """This run before its first step (its folder restored at epoch 0)."""

@@ -85,6 +85,9 @@ __all__ = [
     "DecoderAttack",
     "DecoderSettings",
     "GradientLeakageAttack",
+    "TurnLeakageAttack",
+    "TurnLeakageSettings",
+    "gradient_from_adam_states",
     "PipelineSpec",
     "UnSplitAttack",
     "UnSplitSettings",
@@ -586,58 +589,85 @@ class GradientLeakageAttack(InversionAttack):
         else:
             method = f"L-BFGS ({s.iterations} evaluations, lr {s.lr:g}) on the squared distance to the observed gradients (Zhu et al. 2019)"
         return (
-            f"gradient leakage with known labels (iDLG's premise; labels cross the wire): full model known, the client's "
+            f"upper bound of gradient leakage (no party of the protocol observes this): with known labels (iDLG's premise; labels cross the wire): full model known, the client's "
             f"parameter gradients of batches of {s.batch_size} observed {weights}, eval mode; dummy images from uniform "
             f"noise, {method}, TV prior {s.tv:g}, kept in [0, 1]{extra}; best of {s.restarts} restarts by the "
             f"gradient match{noise}"
         )
 
     def reconstruct(self, view: DLGView, *, generator: torch.Generator, progress: bool = True) -> Tensor:
-        s = self.settings
-        with _bar(len(view.batches) * s.restarts * s.iterations, "dlg", progress) as bar:
-            return torch.cat([self._batch(observed, labels, view, generator, bar) for observed, labels in view.batches])
+        return self._solve(view.batches, view.model, view.spec, generator, progress)
 
-    def _batch(self, observed: Sequence[Tensor], labels: Tensor, view: DLGView, generator: torch.Generator, bar) -> Tensor:
-        """The best of the restarts for one observed batch. The dummies' gradients are computed
-        as the victim's (:meth:`pgsl.runs.Run.parameter_gradients`, same modes and server routes),
-        without the victim's noise."""
-        observed = [o.detach() for o in observed]
-        run, spec = view.model, view.spec
-        best, best_match = None, math.inf
-        for _ in range(self.settings.restarts):
-            variables = spec.variables(len(labels), generator)
-            with torch.no_grad():  # DLG's random start, here uniform in the image box
-                variables[0].copy_(torch.rand(variables[0].shape, generator=generator))
-            optimise = self._adam if self.settings.optimizer == "adam" else self._lbfgs
-            image, match = optimise(variables, observed, labels, run, spec, bar)
-            if best is None or match < best_match:
-                best, best_match = image, match
-        return best
+    def _solve(self, batches: Sequence[Tuple[List[Tensor], Tensor]], run: Run, spec: PipelineSpec, generator: torch.Generator, progress: bool) -> Tensor:
+        """The best of the restarts for every observed batch. With Adam, every (batch, restart)
+        pair of equally sized batches is one problem of a single batched optimisation
+        (:meth:`pgsl.runs.Run.gradients_per_problem`: per-problem client weights, so each
+        problem's gradients and steps are its own); L-BFGS, whose line search would couple them,
+        solves one problem at a time. The dummies' gradients are computed as the victim's, without
+        the victim's noise."""
+        s = self.settings
+        sizes = sorted({len(labels) for _, labels in batches}, reverse=True)
+        work = len(sizes) * s.iterations if s.optimizer == "adam" else len(batches) * s.restarts * s.iterations
+        out: List[Optional[Tensor]] = [None] * len(batches)
+        with _bar(work, "dlg", progress) as bar:
+            for size in sizes:
+                chosen = [i for i, (_, labels) in enumerate(batches) if len(labels) == size]
+                # problem p = (batch chosen[p // restarts], restart p % restarts)
+                observed = [torch.stack([batches[i][0][k].detach() for i in chosen for _ in range(s.restarts)]) for k in range(len(batches[chosen[0]][0]))]
+                labels = torch.cat([batches[i][1] for i in chosen for _ in range(s.restarts)])
+                problems = len(chosen) * s.restarts
+                variables = spec.variables(problems * size, generator)
+                with torch.no_grad():  # DLG's random start, here uniform in the image box
+                    variables[0].copy_(torch.rand(variables[0].shape, generator=generator))
+                if s.optimizer == "adam":
+                    images, matches = self._adam(variables, observed, labels, run, spec, problems, bar)
+                else:
+                    parts = [
+                        self._lbfgs([v[p * size:(p + 1) * size].detach().clone().requires_grad_(True) for v in variables],
+                                    [o[p:p + 1] for o in observed], labels[p * size:(p + 1) * size], run, spec, bar)
+                        for p in range(problems)
+                    ]
+                    images, matches = torch.cat([i for i, _ in parts]), torch.cat([m for _, m in parts])
+                best = matches.view(len(chosen), s.restarts).argmin(1)
+                images = images.view(len(chosen), s.restarts, size, *images.shape[1:])
+                for j, i in enumerate(chosen):
+                    out[i] = images[j, best[j]]
+        return torch.cat(out)
 
     @staticmethod
-    def _match(variables, observed, labels, run: Run, spec: PipelineSpec, *, cosine: bool, create_graph: bool = False) -> Tensor:
-        x = variables[0]
-        activations = run.client.net(spec.net_input(variables))
-        dummy = run.parameter_gradients(x, activations, activations, labels, create_graph=create_graph)
+    def _match(variables, observed, labels, run: Run, spec: PipelineSpec, problems: int, *, cosine: bool, create_graph: bool = False) -> Tensor:
+        """Each problem's distance between its dummies' gradients and its observed ones, ``(P,)``."""
+        dummy = run.gradients_per_problem(variables[0], spec.net_input(variables), labels, problems, create_graph=create_graph)
         if cosine:
-            dot = sum((d * o).sum() for d, o in zip(dummy, observed))
-            norms = torch.sqrt(sum(d.pow(2).sum() for d in dummy)) * torch.sqrt(sum(o.pow(2).sum() for o in observed))
+            dot = sum((d * o).flatten(1).sum(1) for d, o in zip(dummy, observed))
+            norms = torch.sqrt(sum(d.pow(2).flatten(1).sum(1) for d in dummy)) * torch.sqrt(sum(o.pow(2).flatten(1).sum(1) for o in observed))
             return 1 - dot / norms.clamp_min(1e-30)
-        scale = sum(o.pow(2).sum() for o in observed).clamp_min(1e-30)
-        return sum((d - o).pow(2).sum() for d, o in zip(dummy, observed)) / scale
+        scale = sum(o.pow(2).flatten(1).sum(1) for o in observed).clamp_min(1e-30)
+        return sum((d - o).pow(2).flatten(1).sum(1) for d, o in zip(dummy, observed)) / scale
 
-    def _adam(self, variables, observed, labels, run, spec: PipelineSpec, bar) -> Tuple[Tensor, float]:
+    def _adam(self, variables, observed, labels, run, spec: PipelineSpec, problems: int, bar) -> Tuple[Tensor, Tensor]:
+        """Signed Adam on the sum of the problems' cosine distances and priors (each problem's
+        prior a mean over its own images, as if solved alone); every problem keeps its best
+        iterate. Returns the clean estimates ``(P * B, C, H, W)`` and their matches ``(P,)``."""
         s = self.settings
+        size = len(labels) // problems
         opt = torch.optim.Adam(variables, lr=s.lr)
         milestones = sorted({max(1, int(s.iterations * f)) for f in (3 / 8, 5 / 8, 7 / 8)})
         schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-        best, best_match = None, math.inf
+        best, best_match = spec.clean_estimate(variables), torch.full((problems,), math.inf)
+
+        def keep(match: Tensor) -> None:
+            better = match < best_match
+            if bool(better.any()):  # the signed steps oscillate: keep each problem's best iterate
+                rows = better.repeat_interleave(size)
+                best[rows] = spec.clean_estimate(variables)[rows]
+                best_match[better] = match[better]
+
         for _ in range(s.iterations):
-            match = self._match(variables, observed, labels, run, spec, cosine=True, create_graph=True)
-            value = match.item()
-            if value < best_match:  # the signed steps oscillate: keep the best iterate
-                best, best_match = spec.clean_estimate(variables), value
-            total = match + spec.prior(variables, s.tv, s.map_l1)
+            match = self._match(variables, observed, labels, run, spec, problems, cosine=True, create_graph=True)
+            keep(match.detach())
+            # the priors are means over all images: times P, each problem's own mean
+            total = match.sum() + problems * spec.prior(variables, s.tv, s.map_l1)
             # only the dummies' gradients: the model's own .grad stays untouched
             for v, g in zip(variables, torch.autograd.grad(total, variables)):
                 v.grad = g.sign()
@@ -646,11 +676,12 @@ class GradientLeakageAttack(InversionAttack):
             spec.project(variables)
             if bar is not None:
                 bar.update()
-                bar.set_postfix(match=f"{value:.3g}", refresh=False)
-        match = self._match(variables, observed, labels, run, spec, cosine=True).item()
-        return (spec.clean_estimate(variables), match) if match < best_match else (best, best_match)
+                bar.set_postfix(match=f"{float(match.detach().min()):.3g}", refresh=False)
+        keep(self._match(variables, observed, labels, run, spec, problems, cosine=True).detach())
+        return best, best_match
 
-    def _lbfgs(self, variables, observed, labels, run, spec: PipelineSpec, bar) -> Tuple[Tensor, float]:
+    def _lbfgs(self, variables, observed, labels, run, spec: PipelineSpec, bar) -> Tuple[Tensor, Tensor]:
+        """One problem by L-BFGS; returns its clean estimate and match ``(1,)``."""
         s = self.settings
         # tolerances 0: the gradient distance is tiny in absolute terms, and L-BFGS would stop at once
         opt = torch.optim.LBFGS(
@@ -662,7 +693,7 @@ class GradientLeakageAttack(InversionAttack):
         def closure():
             nonlocal evaluations
             opt.zero_grad()
-            match = self._match(variables, observed, labels, run, spec, cosine=False, create_graph=True)
+            match = self._match(variables, observed, labels, run, spec, 1, cosine=False, create_graph=True).sum()
             total = match + spec.prior(variables, s.tv, s.map_l1)
             grads = torch.autograd.grad(total, variables)
             for v, g in zip(variables, grads):
@@ -677,7 +708,78 @@ class GradientLeakageAttack(InversionAttack):
         if bar is not None:  # L-BFGS may stop before its budget (a failed line search)
             bar.update(s.iterations - evaluations)
         spec.project(variables)
-        return spec.clean_estimate(variables), self._match(variables, observed, labels, run, spec, cosine=False).item()
+        return spec.clean_estimate(variables), self._match(variables, observed, labels, run, spec, 1, cosine=False).detach()
+
+
+@dataclass
+class TurnLeakageSettings:
+    """The victim's turn is one training step on ``images`` images (a small hospital's whole
+    shard), at the run's ``weights`` (``"final"``: a ring in its next epoch; ``"initial"``); the
+    attacker then solves it like :class:`DLGSettings` (``restarts``, ``iterations``, ``lr``,
+    ``tv``, ``map_l1``, ``optimizer``) as one batch of ``images``."""
+
+    images: int = st.setting(8, (lambda v: st.is_integer(v) and 1 <= v <= 64, "1 to 64 images"))
+    restarts: int = st.setting(1, st.POSITIVE_INTEGER)
+    iterations: int = st.setting(300, st.POSITIVE_INTEGER)
+    lr: float = st.setting(0.03, st.NON_NEGATIVE)
+    tv: float = st.setting(0.05, st.NON_NEGATIVE)
+    map_l1: float = st.setting(1e-3, st.NON_NEGATIVE)
+    weights: str = st.setting("final", st.one_of(*DLG_WEIGHTS))
+    optimizer: str = st.setting("adam", st.one_of(*DLG_OPTIMIZERS))
+
+
+def gradient_from_adam_states(before: Mapping, after: Mapping) -> List[Tensor]:
+    """The gradient of one Adam step, read off the optimiser states before and after it (torch
+    state dicts): the first moment moves as ``m' = beta1 m + (1 - beta1) g``, so ``g = (m' -
+    beta1 m) / (1 - beta1)`` (``m = 0`` before the first step). Weight decay, if any, would add
+    ``wd x weights``, which the holder of the weights subtracts; the client's Adam has none."""
+    group = after["param_groups"][0]
+    if group.get("weight_decay", 0) or len(after["param_groups"]) != 1:
+        raise ValueError("gradient_from_adam_states: expected one parameter group without weight decay")
+    beta1 = group["betas"][0]
+    grads = []
+    for index in group["params"]:
+        m_after = after["state"][index]["exp_avg"]
+        m_before = before["state"].get(index, {}).get("exp_avg", torch.zeros_like(m_after))
+        grads.append((m_after - beta1 * m_before) / (1 - beta1))
+    return grads
+
+
+class TurnLeakageAttack(GradientLeakageAttack):
+    """Gradient leakage from an observation a party of the protocol makes: the next client in
+    the ring receives the client half's state (weights and Adam state) after the victim's turn,
+    as it handed it over before (:meth:`pgsl.runs.Run.observed_turn`); colluding with the server
+    (which knows its own weights and receives the labels), it reads the turn's gradient off the
+    Adam first moment (:func:`gradient_from_adam_states`) and runs :class:`GradientLeakageAttack`'s
+    optimisation on the whole batch at once."""
+
+    name = "dlg_turn"
+    level = 3
+    knows = ("the client state before and after the victim's turn (the next client in the ring), colluding with the "
+             "server: its weights and the batch's labels")
+    Settings = TurnLeakageSettings
+
+    def count(self, targets: int) -> int:
+        return min(self.settings.images, targets)
+
+    def observe(self, run: Run, targets: Split, messages: Tensor, aux: Split) -> DLGView:
+        model = run if self.settings.weights == "final" else run.initial()
+        seen = model.observed_turn(targets.x, targets.y)
+        return DLGView([(gradient_from_adam_states(seen["before"], seen["after"]), targets.y)], model, PipelineSpec.of(run))
+
+    def how(self, view: DLGView) -> str:
+        s, spec = self.settings, view.spec
+        n = len(view.batches[0][1])
+        weights = "the run's initial weights" if s.weights == "initial" else "the run's final weights (a ring in its next epoch)"
+        extra = ", pooled perturbation map optimised too, then the JSMA undone where the map reveals the clean pixel" if spec.defense == "pgsl" else ""
+        return (
+            f"realistic gradient leakage: the next client in the ring, colluding with the server, receives the client state "
+            f"after the victim's turn of one step on {n} images at {weights} and reads the batch's gradient off Adam's first "
+            f"moment; eval mode (no dropout mask or batch statistics to guess); all {n} images reconstructed at once (known "
+            f"labels) by signed Adam on the cosine gradient distance ({s.iterations} steps, lr {s.lr:g}), TV prior {s.tv:g}, "
+            f"best of {s.restarts} restarts{extra}. A ring of our default runs' size takes a whole shard per turn in steps of "
+            f"128 images, whose gradients the first moment mixes: a one-step turn is the most such an observer can get"
+        )
 
 
 # The full protocol (``pgsl evaluate --full``): every target and many more iterations; hours on a CPU.
@@ -685,11 +787,12 @@ FULL_SETTINGS = {
     "decoder": DecoderSettings(images=0, aux_images=0, epochs=100),
     "whitebox": WhiteBoxSettings(images=0, steps=1000),
     "unsplit": UnSplitSettings(images=0, rounds=200, input_steps=10, model_steps=10),
-    "dlg": DLGSettings(batch_size=1, batches=16, restarts=4, iterations=1000),
+    "dlg": DLGSettings(batch_size=1, batches=16, restarts=2, iterations=600),
+    "dlg_turn": TurnLeakageSettings(images=16, restarts=2, iterations=600),
 }
 
 # The registry: every inversion attack, by name, in the report's order.
-ATTACKS: Dict[str, type] = {cls.name: cls for cls in (DecoderAttack, UnSplitAttack, WhiteBoxAttack, GradientLeakageAttack)}
+ATTACKS: Dict[str, type] = {cls.name: cls for cls in (DecoderAttack, UnSplitAttack, WhiteBoxAttack, GradientLeakageAttack, TurnLeakageAttack)}
 
 
 # --------------------------------------------------------------------------- the evaluation

@@ -31,7 +31,7 @@ from ..config import SEED_LIMIT
 from ..errors import RunError
 from ..rundir import git_commit, versions
 from ..runs import Run, restore
-from . import inversion, mu_sweep, robustness
+from . import inversion, mu_sweep, robustness, seeds as seeding
 
 __all__ = ["evaluate", "markdown", "EVALUATIONS", "PAPER"]
 
@@ -124,17 +124,22 @@ def evaluate(
     for folder in folders:
         if not os.path.isdir(folder):
             raise RunError(f"--run {folder}: no such run folder")
-    runs: Dict[str, Run] = {}
+    named = []
     seen: Dict[str, int] = {}
     for folder in folders:
         run = restore(folder)
-        runs[_name(run, seen)] = run
-    datas = {r.cfg.data for r in runs.values()}
+        named.append((_name(run, seen), run))
+    datas = {r.cfg.data for _, r in named}
     if len(datas) > 1:
         raise RunError(f"--compare: the runs were trained on different data ({', '.join(sorted(datas))}); compare runs of one dataset")
-    if "musweep" in evaluations and not any(r.defense == "pgsl" for r in runs.values()):
+    if "musweep" in evaluations and not any(r.defense == "pgsl" for _, r in named):
         raise RunError("--attacks musweep: the mu sweep needs a --defense pgsl run among the runs")
-    first = next(iter(runs.values()))
+    # Runs differing only in their seed are one entry; each is evaluated, then they are pooled.
+    groups = seeding.group_runs(named)
+    members: Dict[str, Run] = {m: r for group in groups.values() for m, r in group}
+    runs: Dict[str, Run] = {g: group[0][1] for g, group in groups.items()}  # each group's first seed
+    several = any(len(group) > 1 for group in groups.values())
+    first = named[0][1]
     aux, targets = _split_test(first, max(images, robust_images))
     try:
         os.makedirs(out, exist_ok=True)
@@ -149,20 +154,27 @@ def evaluate(
         if reconstructions:
             torch.save(reconstructions, os.path.join(out, "reconstructions.pt"))
 
+    def run_entry(group) -> dict:
+        rs = [r for _, r in group]
+        accuracy = [r.metrics["test_accuracy"] for r in rs]
+        streams = [r.metrics.get("stream_accuracy") or {} for r in rs]
+        entry = {
+            "folder": os.path.abspath(rs[0].folder),
+            "defense": rs[0].cfg.defense,
+            "data": rs[0].cfg.data,
+            "epochs": rs[0].metrics["epochs"],
+            "test_accuracy": sum(accuracy) / len(accuracy),
+            "stream_accuracy": {k: sum(s[k] for s in streams) / len(streams) for k in streams[0]} if all(streams) else None,
+            "git_commit": rs[0].metrics.get("git_commit"),
+            "seeds": [r.cfg.seed for r in rs],
+        }
+        if len(rs) > 1:
+            entry["folders"] = [os.path.abspath(r.folder) for r in rs]
+            entry["test_accuracy_per_seed"] = accuracy
+        return entry
+
     report: dict = {
-        "runs": {
-            name: {
-                "folder": os.path.abspath(r.folder),
-                "defense": r.cfg.defense,
-                "data": r.cfg.data,
-                "epochs": r.metrics["epochs"],
-                "test_accuracy": r.metrics["test_accuracy"],
-                "stream_accuracy": r.metrics.get("stream_accuracy"),
-                "git_commit": r.metrics.get("git_commit"),
-                "seeds": [r.cfg.seed],
-            }
-            for name, r in runs.items()
-        },
+        "runs": {g: run_entry(group) for g, group in groups.items()},
         "protocol": {
             "auxiliary_images": len(aux),
             "targets": "the second half of the test split, in order",
@@ -176,12 +188,16 @@ def evaluate(
         "paper": PAPER,
         "protocol_differences": PROTOCOL_DIFFERENCES,
     }
+    if several:
+        report["seed_runs"] = {"privacy": {}, "robustness": {}}
     figures: Dict[str, str] = {}
     inversion_names = [e for e in evaluations if e in inversion.ATTACKS]
     reconstructions: Dict[str, Dict[str, torch.Tensor]] = {}
     earlier, earlier_reconstructions = _earlier_report(out, report) if resume else ({}, {})
+    earlier_privacy = earlier.get("seed_runs", {}).get("privacy") or earlier.get("privacy", {})
     if inversion_names:
-        privacy = {}
+        member_privacy: Dict[str, dict] = {}
+        dcor: Dict[str, float] = {}
         inv_targets = targets.subset(torch.arange(min(images, len(targets))))
         settings = inversion.FULL_SETTINGS if full else None
         from .metrics import bias_corrected_dcor2, evaluator_classifier
@@ -197,38 +213,57 @@ def evaluate(
                           "training shard and from the targets)",
             "accuracy_on_clean_targets": ceiling,
         }
-        for name, run in runs.items():
-            done = earlier.get("privacy", {}).get(name, {})
-            if all(a in done for a in inversion_names) and set(inversion_names) <= set(earlier_reconstructions.get(name, {})):
-                privacy[name] = done
-                reconstructions[name] = earlier_reconstructions[name]
-                report["runs"][name]["dcor_image_message"] = earlier["runs"][name].get("dcor_image_message")
-                report["privacy"] = privacy
-                continue
-            with torch.random.fork_rng(devices=[]):  # each run's attacks seeded alike, whatever ran before
-                torch.manual_seed(seed)
-                result = inversion.evaluate_privacy(
-                    run, inv_targets, aux, attacks=inversion_names, settings=settings, classifier=classifier,
-                    progress=progress, seed=seed,
-                )
-            reconstructions[name] = {a: r.pop("reconstructions") for a, r in result.items()}
-            result["knowledge_levels"] = inversion.knowledge_levels(result)
-            privacy[name] = result
-            report["runs"][name]["dcor_image_message"] = bias_corrected_dcor2(inv_targets.x, run.messages(inv_targets.x))
-            report["privacy"] = privacy
+        report["privacy"] = {}
+        for group_name, group in groups.items():
+            for name, run in group:
+                done = earlier_privacy.get(name, {})
+                if all(a in done for a in inversion_names) and set(inversion_names) <= set(earlier_reconstructions.get(name, {})):
+                    member_privacy[name] = {a: r for a, r in done.items() if a in inversion.ATTACKS}
+                    reconstructions[name] = earlier_reconstructions[name]
+                    dcor[name] = (earlier.get("seed_runs", {}).get("dcor_image_message") or {}).get(
+                        name, earlier.get("runs", {}).get(name, {}).get("dcor_image_message"))
+                    continue
+                with torch.random.fork_rng(devices=[]):  # each run's attacks seeded alike, whatever ran before
+                    torch.manual_seed(seed)
+                    result = inversion.evaluate_privacy(
+                        run, inv_targets, aux, attacks=inversion_names, settings=settings, classifier=classifier,
+                        progress=progress, seed=seed,
+                    )
+                reconstructions[name] = {a: r.pop("reconstructions") for a, r in result.items()}
+                member_privacy[name] = result
+                dcor[name] = bias_corrected_dcor2(inv_targets.x, run.messages(inv_targets.x))
+                if several:
+                    report["seed_runs"]["privacy"][name] = dict(result, knowledge_levels=inversion.knowledge_levels(result))
+                    report["seed_runs"]["dcor_image_message"] = dcor
+                    write_so_far()
+            if several:
+                for name, _ in group:
+                    report["seed_runs"]["privacy"][name] = dict(member_privacy[name], knowledge_levels=inversion.knowledge_levels(member_privacy[name]))
+            report["privacy"][group_name] = seeding.aggregate_privacy({m: member_privacy[m] for m, _ in group}, report["runs"][group_name]["seeds"])
+            values = [dcor[m] for m, _ in group]
+            report["runs"][group_name]["dcor_image_message"] = None if any(v is None for v in values) else sum(values) / len(values)
             write_so_far()
     adversarial_names = [e for e in evaluations if e in robustness.ATTACKS]
     if adversarial_names:
-        undefended = [r for r in runs.values() if r.defense == "none"]
+        undefended = [r for r in members.values() if r.defense == "none"]
         rob_targets = targets.subset(torch.arange(min(robust_images, len(targets))))
-        if list(earlier.get("robustness", {}).get("attacks", {})) == adversarial_names:
-            report["robustness"] = earlier["robustness"]
+        done = earlier.get("seed_runs", {}).get("robustness") or earlier.get("robustness")
+        if done and list(done.get("attacks", {})) == adversarial_names and set(done.get("results", {})) == set(members):
+            member_robustness = done
         else:
-            report["robustness"] = robustness.evaluate_robustness(
-                runs, undefended=undefended, images=rob_targets, attacks=adversarial_names,
+            member_robustness = robustness.evaluate_robustness(
+                members, undefended=undefended, images=rob_targets, attacks=adversarial_names,
                 settings=robustness.FULL_SETTINGS if full else None, progress=progress, seed=seed,
             )
+        report["robustness"] = dict(member_robustness, results={
+            g: seeding.aggregate_robustness({m: member_robustness["results"][m] for m, _ in group}) for g, group in groups.items()
+        })
+        if several:
+            report["seed_runs"]["robustness"] = member_robustness
         write_so_far()
+    reference = next((g for g, group in groups.items() if group[0][1].defense == "none"), None)
+    if reference is not None and ("privacy" in report or "robustness" in report):
+        report["comparisons"] = {"reference": reference, "runs": seeding.compare(report, reference)}
     pgsl_runs = [r for r in runs.values() if r.defense == "pgsl"]
     if "musweep" in evaluations and pgsl_runs:
         report["mu_sweep"] = earlier.get("mu_sweep") or mu_sweep.sweep_mu(pgsl_runs[0], targets, progress=progress)
@@ -238,12 +273,13 @@ def evaluate(
     from . import figures as figs
 
     if reconstructions:
-        figures["reconstructions"] = figs.reconstruction_grid(runs, targets, reconstructions, os.path.join(out, "reconstructions.png"))
+        shown = {g: reconstructions[group[0][0]] for g, group in groups.items() if group[0][0] in reconstructions}
+        figures["reconstructions"] = figs.reconstruction_grid(runs, targets, shown, os.path.join(out, "reconstructions.png"))
     if "mu_sweep" in report:
         figures["mu_sweep"] = figs.mu_curve(report["mu_sweep"], os.path.join(out, "mu_sweep.png"), paper_mu=PAPER["mu"])
     if "robustness" in report:
         figures["accuracy"] = figs.accuracy_bars(report["robustness"], os.path.join(out, "accuracy.png"))
-    if "privacy" in report:
+    if report.get("privacy"):
         figures["privacy_accuracy"] = figs.privacy_accuracy(report, os.path.join(out, "privacy_accuracy.png"))
     report["figures"] = {k: os.path.basename(v) for k, v in figures.items()}
     _write_report(report, out)
@@ -259,13 +295,13 @@ def _earlier_report(out: str, report: dict):
     try:
         with open(path) as f:
             earlier = json.load(f)
-        folders = {n: r["folder"] for n, r in earlier["runs"].items()}
+        folders = {n: r.get("folders", [r["folder"]]) for n, r in earlier["runs"].items()}
         protocol = earlier["protocol"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise RunError(f"--resume: {path} is not a pgsl evaluate report ({type(e).__name__}: {e})") from None
-    mine = {n: r["folder"] for n, r in report["runs"].items()}
+    mine = {n: r.get("folders", [r["folder"]]) for n, r in report["runs"].items()}
     if folders != mine:
-        raise RunError(f"--resume: {path} evaluated other runs ({sorted(folders.values())}); expected {sorted(mine.values())}")
+        raise RunError(f"--resume: {path} evaluated other runs ({sorted(sum(folders.values(), []))}); expected {sorted(sum(mine.values(), []))}")
     for key in ("inversion_images", "robustness_images", "full", "seed", "auxiliary_images"):
         if protocol.get(key) != report["protocol"][key]:
             raise RunError(f"--resume: {path} has {key} {protocol.get(key)!r}, this evaluation {report['protocol'][key]!r}")
@@ -316,12 +352,15 @@ def markdown(report: dict) -> str:
         "",
         "## Runs",
         "",
-        "| run | defence | data | epochs | clean test accuracy | streams |",
-        "| --- | --- | --- | ---: | ---: | --- |",
+        "| run | defence | data | epochs | training seeds | clean test accuracy (mean over seeds) | streams |",
+        "| --- | --- | --- | ---: | --- | ---: | --- |",
     ]
     for name, r in report["runs"].items():
         streams = ", ".join(f"{s} {a:.3f}" for s, a in (r["stream_accuracy"] or {}).items()) or "-"
-        lines.append(f"| {name} | {r['defense']} | {r['data']} | {r['epochs']} | {r['test_accuracy']:.4f} | {streams} |")
+        per_seed = r.get("test_accuracy_per_seed")
+        spread = f" ({', '.join(f'{a:.4f}' for a in per_seed)})" if per_seed else ""
+        seeds = ", ".join(map(str, r.get("seeds", [])))
+        lines.append(f"| {name} | {r['defense']} | {r['data']} | {r['epochs']} | {seeds} | {r['test_accuracy']:.4f}{spread} | {streams} |")
     p = report["protocol"]
     lines += [
         "",
@@ -330,12 +369,15 @@ def markdown(report: dict) -> str:
         + (", full-protocol settings" if p["full"] else "") + ".",
         "",
     ]
-    if "privacy" in report:
+    if report.get("privacy"):
         lines += ["## Privacy: model inversion", ""]
         lines += privacy_markdown(report)
     if "robustness" in report:
         lines += ["## Accuracy under attack", ""]
         lines += robustness_markdown(report["robustness"])
+    if report.get("comparisons"):
+        lines += ["## Differences from the undefended run", ""]
+        lines += seeding.comparison_markdown(report["comparisons"]["runs"], report["comparisons"]["reference"])
     if "mu_sweep" in report:
         lines += ["## mu sweep (the paper's Figure 3)", ""]
         lines += mu_sweep_markdown(report["mu_sweep"])
@@ -402,9 +444,18 @@ def privacy_markdown(report: dict) -> List[str]:
     return lines + [""]
 
 
+def _with_interval(value, interval) -> str:
+    if value is None or not interval:
+        return _fmt(value)
+    return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
 def robustness_markdown(rob: dict) -> List[str]:
-    """Rows run x stream, columns clean and attack x setting (the layout robustness returns)."""
-    lines: List[str] = []
+    """Rows run x stream, columns clean and attack x setting (the layout robustness returns);
+    each accuracy with its 95 % interval (Wilson over the images for one seed; over seeds and
+    images for several)."""
+    lines: List[str] = ["Accuracy [95 % interval: Wilson over the images for one training seed, a two-level bootstrap "
+                        "over seeds and images for several].", ""]
     results = rob.get("results", {})
     columns = []
     for run_result in results.values():
@@ -419,9 +470,10 @@ def robustness_markdown(rob: dict) -> List[str]:
         for stream in clean:
             cells = []
             for attack, setting in columns:
-                acc = run_result.get("attacks", {}).get(attack, {}).get(setting, {}).get("accuracy", {}).get(stream)
-                cells.append(_fmt(acc))
-            lines.append(f"| {run_name} | {stream} | {_fmt(clean.get(stream))} | " + " | ".join(cells) + " |")
+                r = run_result.get("attacks", {}).get(attack, {}).get(setting, {})
+                cells.append(_with_interval(r.get("accuracy", {}).get(stream), (r.get("accuracy_ci95") or {}).get(stream)))
+            clean_cell = _with_interval(clean.get(stream), (run_result.get("clean_ci95") or {}).get(stream))
+            lines.append(f"| {run_name} | {stream} | {clean_cell} | " + " | ".join(cells) + " |")
     lines += ["", "What each attack changed (mean over the images: pixels moved by more than 1e-6, the largest and the "
               "L2 change; an attack that moved nothing shows 0):", "",
               "| run | attack | setting | pixels moved | L-inf | L2 |", "| --- | --- | --- | ---: | ---: | ---: |"]

@@ -286,8 +286,17 @@ def _intervals(accuracy: Dict[str, float], n: int) -> Dict[str, List[float]]:
     return {name: wilson_interval(round(a * n), n) for name, a in accuracy.items()}
 
 
+def _correct(run: Run, x: Tensor, y: Tensor, batch_size: int) -> Dict[str, str]:
+    """Per output, which images it classifies correctly, as a string of 0s and 1s (image order)."""
+    return {name: "".join("1" if c else "0" for c in (p == y).tolist()) for name, p in _predictions(run, x, batch_size).items()}
+
+
+def _accuracy(correct: Dict[str, str]) -> Dict[str, float]:
+    return {name: c.count("1") / len(c) for name, c in correct.items()}
+
+
 def _accuracies(run: Run, x: Tensor, y: Tensor, batch_size: int) -> Dict[str, float]:
-    return {name: float((p == y).double().mean()) for name, p in _predictions(run, x, batch_size).items()}
+    return _accuracy(_correct(run, x, y, batch_size))
 
 
 def _check(runs, undefended: List[Run], images, attacks) -> None:
@@ -381,9 +390,10 @@ def evaluate_robustness(
              "seconds": wall, "cpu_seconds": cpu,
              "results": {name: {"folder", "defense", "streams": [...],
                              "clean": {stream: acc, ..., "fused": acc}, "clean_ci95": {stream: [low, high], ...},
+                             "clean_correct": {stream: "0110...", ...} (per image, 1 where it is right),
                              "attacks": {attack: {setting: {"accuracy": {stream: acc, ..., "fused": acc},
                                                             "accuracy_ci95": {stream: [low, high], ...} (95 % Wilson
-                                                            interval over the images),
+                                                            interval over the images), "correct": {stream: "0110..."},
                                                             "source_accuracy": acc of the model attacked,
                                                             "perturbation": {"linf_mean", "l2_mean", "l0_mean"},
                                                             "seconds", "cpu_seconds"}}}}}}
@@ -439,10 +449,12 @@ def evaluate_robustness(
                 "folder": run.folder,
                 "defense": run.defense,
                 "streams": list(run.streams),
-                "clean": _accuracies(run, x, y, batch),
+                "clean_correct": _correct(run, x, y, batch),
+                "clean": None,
                 "clean_ci95": None,
                 "attacks": {},
             }
+            entry["clean"] = _accuracy(entry["clean_correct"])
             entry["clean_ci95"] = _intervals(entry["clean"], len(x))
             transfer_source = next((u for u in undefended if u.folder != run.folder), undefended[0] if undefended else None)
             same_as_undefended = transfer_source is not None and transfer_source.folder == run.folder
@@ -468,7 +480,8 @@ def evaluate_robustness(
                             )
                         seconds, cpu = t.wall, t.cpu
                         source_accuracy = None
-                    accuracy = _accuracies(run, x_adv, y, batch)
+                    correct = _correct(run, x_adv, y, batch)
+                    accuracy = _accuracy(correct)
                     if source_accuracy is None:
                         source_accuracy = accuracy["fused"] if source is run else _accuracies(source, x_adv, y, batch)["fused"]
                         if setting == "transfer":
@@ -477,6 +490,7 @@ def evaluate_robustness(
                         "source": source.folder,
                         "accuracy": accuracy,
                         "accuracy_ci95": _intervals(accuracy, len(x)),
+                        "correct": correct,
                         "source_accuracy": source_accuracy,
                         "perturbation": _perturbation(x_adv, x),
                         "seconds": seconds,
