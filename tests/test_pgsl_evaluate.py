@@ -39,6 +39,7 @@ def test_report_schema(runs, tmp_path):
     assert set(rob["pgsl"]["clean"]) >= {"attacked", "fusion", "recovered", "fused"}
     assert 0 <= rob["none"]["attacks"]["fgsm"]["transfer"]["accuracy"]["plain"] <= 1
     assert len(on_disk["mu_sweep"]["images"]["mu"]) == 20 and len(on_disk["mu_sweep"]["activations"]["mse"]) == 20
+    assert len(on_disk["mu_sweep"]["images"]["clean_control"]["mse"]) == 20
     assert on_disk["paper"]["table2_accuracy_percent"]["jsma"] == {"mias": 46.3, "mnist": 65.4}
     for name in ("none", "pgsl"):
         levels = on_disk["privacy"][name]["knowledge_levels"]
@@ -48,6 +49,7 @@ def test_report_schema(runs, tmp_path):
     assert 0 <= on_disk["protocol"]["classifier"]["accuracy_on_clean_targets"] <= 1
     assert "NaN" not in (out / "report.json").read_text() and not re.search(r"\bnan\b", (out / "report.md").read_text())
     md = (out / "report.md").read_text()
+    assert "MSE (images, clean control)" in md
     for heading in ("## Privacy: model inversion", "## Accuracy under attack", "## mu sweep", "## The paper's numbers beside ours"):
         assert heading in md
     for figure in ("reconstructions.png", "mu_sweep.png", "accuracy.png", "privacy_accuracy.png"):

@@ -130,6 +130,22 @@ def test_sweep_mu_table_and_argmin(runs):
     assert result["activations"]["matrices_per_image"] == 64 and result["images"]["matrix_shape"] == [28, 28]
 
 
+def test_sweep_mu_holds_the_clean_inputs_control(runs):
+    """The control: rpca of the clean input itself, against it, per mu (what rpca loses of an
+    unattacked input), beside the attacked curve."""
+    import pgsl_ext.ops
+
+    run = runs["pgsl"]
+    images = _images(run, 3)
+    result = sweep_mu(run, images, settings={"max_iter": 15, "mus": [0.3, 0.9]}, progress=False)
+    control = result["images"]["clean_control"]
+    assert control["mu"] == [0.3, 0.9] and control["best_mse"] == min(control["mse"])
+    # recompute one point: rpca of the clean images at the first mu (no warm start there)
+    first = pgsl_ext.ops.rpca(images.x, mu=0.3, max_iter=15, tol=1e-5)
+    assert control["mse"][0] == pytest.approx(float((first.low_rank.double() - images.x.double()).pow(2).mean()), rel=1e-6)
+    assert len(result["activations"]["clean_control"]["mse"]) == 2
+
+
 def test_bad_arguments_name_the_argument(runs):
     none, pgsl = runs["none"], runs["pgsl"]
     images = _images(none, 4)

@@ -51,6 +51,9 @@ def mu_curve(sweep: dict, path: str, *, paper_mu: float) -> str:
         s = sweep[setting]
         ax.plot(s["mu"], s["mse"], "o-", color=f"C{i}", label=f"{setting} (min at mu={s['best_mu']:.2f})")
         ax.axvline(s["best_mu"], color=f"C{i}", ls=":")
+        if "clean_control" in s:
+            ax.plot(s["clean_control"]["mu"], s["clean_control"]["mse"], "x--", color=f"C{i}", alpha=0.7,
+                    label=f"{setting}: rpca of the clean input (control)")
     ax.axvline(paper_mu, color="k", ls="--", lw=0.8, label=f"the paper's mu = {paper_mu:g}")
     ax.set_xlabel("mu")
     ax.set_ylabel("MSE(rpca-recovered, clean)")

@@ -15,6 +15,10 @@ The attacked images are the client's own: JSMA against its surrogate with the su
 predicted label (as at inference), with the run's ``--jsma-theta`` / ``--jsma-gamma``. Each mu
 starts from the previous mu's sparse part (rpca's warm start), which saves about a third of the
 iterations of a sweep (bench/RESULTS.md, "rpca methods").
+
+The control, in each setting: rpca of the *clean* input itself, MSE against it. rpca's low-rank
+part of a clean image is not the image: the control says how much of the attacked curve is rpca's
+own loss rather than the attack left behind.
 """
 
 from __future__ import annotations
@@ -117,6 +121,8 @@ def sweep_mu(run: Run, images: Split, *, settings=None, progress: bool = True) -
                         (one entry per mu: the table's columns),
                         "best_mu", "best_mse" (the minimising mu and its MSE),
                         "mse_attacked" (MSE of the attacked input itself, no rpca),
+                        "clean_control": {"mu", "mse", "mean_iterations", "best_mu", "best_mse"} (rpca of the
+                        clean input itself against it: what rpca loses of an unattacked input),
                         "matrix_shape", "matrices_per_image", "how"},
              "activations": {the same keys},
              "seconds", "cpu_seconds"}
@@ -149,12 +155,18 @@ def sweep_mu(run: Run, images: Split, *, settings=None, progress: bool = True) -
         # the clean image as its own attacked version: an all-zero perturbation map
         clean_acts = torch.cat([client.activations(c, c) for c in x.split(batch_size)])
     n = len(x)
-    bar = tqdm(total=2 * n * len(mus), desc="mu sweep", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=4 * n * len(mus), desc="mu sweep", unit="img", disable=not progress, dynamic_ncols=True)
     with bar:
         bar.set_postfix_str("images")
         images_result = _sweep(x_adv, x, mus, max_iter, tol, bar, batch_size)
         bar.set_postfix_str("activations")
         activations_result = _sweep(attacked_acts, clean_acts, mus, max_iter, tol, bar, batch_size)
+        # The control: rpca of the clean input itself. What it loses of a clean image bounds what
+        # any mu can recover; the attacked curve is read against it.
+        bar.set_postfix_str("clean control")
+        for result, clean in ((images_result, x), (activations_result, clean_acts)):
+            control = _sweep(clean, clean, mus, max_iter, tol, bar, batch_size)
+            result["clean_control"] = {k: control[k] for k in ("mu", "mse", "mean_iterations", "best_mu", "best_mse")}
     images_result["how"] = (
         "each JSMA-attacked image channel is one matrix; MSE between rpca's low-rank part and the clean image, "
         "over all pixels of all images (the paper's Figure 3 setting)"
@@ -177,7 +189,8 @@ def sweep_mu(run: Run, images: Split, *, settings=None, progress: bool = True) -
             f"rpca capped at {max_iter} iterations, tol {tol:g}, each mu warm-started from the previous mu's sparse part; "
             "'images': whole images (the paper's Figure 3), "
             "'activations': the cut-layer channels the server receives, against the clean image's activations "
-            "(zero perturbation map)"
+            "(zero perturbation map); 'clean_control' in each: rpca of the clean input itself, against it (what rpca "
+            "loses of an unattacked input at each mu)"
         ),
         "images": images_result,
         "activations": activations_result,
