@@ -356,3 +356,24 @@ def test_dlg_is_labelled_upper_bound_and_the_turn_attack_realistic(tiny_run):
     assert result["dlg_turn"]["how"].startswith("realistic") and result["dlg_turn"]["indices"] == [0, 1, 2]
     assert result["dlg_turn"]["reconstructions"].shape == (3, 1, 28, 28)
     assert ATTACKS["dlg_turn"].level == ATTACKS["dlg"].level == len(KNOWLEDGE_LEVELS) - 1
+
+
+def test_client_forward_per_problem_runs_each_problem_on_its_own_net():
+    """UnSplit's restarts and DLG's problems share one batch: problem p must see net p only."""
+    from pgsl.models import ClientNet, client_forward_per_problem
+
+    torch.manual_seed(0)
+    nets = [ClientNet(5).eval() for _ in range(3)]
+    for net in nets:  # non-trivial BatchNorm affines and running statistics, the same in all (eval mode)
+        for block in net:
+            block[2].weight.data.uniform_(0.5, 1.5)
+            block[2].bias.data.uniform_(-0.2, 0.2)
+    x = torch.rand(3 * 2, 5, 14, 14)
+    params = [torch.stack(group) for group in zip(*(n.parameters() for n in nets))]
+    out = client_forward_per_problem(nets[0], params, x, 3)
+    for p, net in enumerate(nets):
+        torch.testing.assert_close(out[2 * p:2 * p + 2], net(x[2 * p:2 * p + 2]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="eval mode"):
+        client_forward_per_problem(nets[0].train(), params, x, 3)
+    with pytest.raises(ValueError, match="do not split"):
+        client_forward_per_problem(nets[0].eval(), params, x[:5], 3)

@@ -36,10 +36,16 @@ dlg         the full model at the observed step (client and server weights, e.g.
             match (DLG, Zhu et al. 2019; iDLG, Zhao et al. 2020) with Geiping et al. 2020's
             cosine distance and signed Adam, best of a few restarts. The step observed is by
             default the run's first (its initial weights, rebuilt from its seed): an aggregator
-            sees every step, and the first leaks most.
+            sees every step, and the first leaks most. An upper bound: no party of this protocol
+            observes it.
+dlg_turn    realistic gradient leakage: the next client in the ring, colluding with the server,
+            receives the client state (weights and Adam state) after the victim's turn of one
+            step and reads the batch's gradient off Adam's first moment; reconstructs the whole
+            batch at once. DLG and UnSplit solve all their problems (images, restarts) in one
+            batch, each with its own client weights (``client_forward_per_problem``).
 ==========  ==================================================================================
 
-The PGSL pipeline for the optimisation attacks (unsplit, whitebox, dlg): the attacker knows that
+The PGSL pipeline for the optimisation attacks (unsplit, whitebox, dlg, dlg_turn): the attacker knows that
 conv 1 sees ``pixel_unshuffle_concat(x_adv, max_pool_2(map))`` but not the client's surrogate, so
 it cannot rerun its JSMA. It optimises the encoded image ``x_adv`` and the pooled perturbation map
 ``(N, 1, H/2, W/2)`` in [-1, 1] (initialised at 0, with an L1 prior: JSMA changes few pixels). The
@@ -73,7 +79,7 @@ from tqdm.auto import tqdm
 import pgsl_ext.reference
 
 from ..data import Split
-from ..models import ClientNet
+from ..models import ClientNet, client_forward_per_problem
 from ..runs import Run
 from . import settings as st
 from .metrics import evaluator_classifier, reconstruction_metrics
@@ -471,43 +477,56 @@ class UnSplitAttack(InversionAttack):
         ])
 
     def reconstruct(self, view: UnSplitView, *, generator: torch.Generator, progress: bool = True) -> Tensor:
-        s = self.settings
-        best, best_match = None, math.inf
-        with _bar(s.restarts * s.rounds * (s.input_steps + s.model_steps), "unsplit", progress) as bar:
-            for _ in range(s.restarts):
-                image, match = self._attempt(view.intercepted, view.spec, generator, bar)
-                if best is None or match < best_match:
-                    best, best_match = image, match
-        return match_phase_statistics(best, view.aux_images, view.spec.phases)
+        s, spec, intercepted = self.settings, view.spec, view.intercepted
+        n, r = len(intercepted), s.restarts
+        with _bar(s.rounds * (s.input_steps + s.model_steps), "unsplit", progress) as bar:
+            images, matches = self._attempts(intercepted, spec, generator, bar)
+        best = int(matches.argmin())
+        return match_phase_statistics(images[best * n:(best + 1) * n], view.aux_images, spec.phases)
 
-    def _attempt(self, intercepted: Tensor, spec: PipelineSpec, generator: torch.Generator, bar):
+    def _attempts(self, intercepted: Tensor, spec: PipelineSpec, generator: torch.Generator, bar) -> Tuple[Tensor, Tensor]:
+        """Every restart at once, each a problem of its own (a fresh stand-in, its own parameters
+        in :func:`pgsl.models.client_forward_per_problem`, its own inputs and start): the loss is the
+        sum of the restarts' losses, so each restart's Adam steps are its own. Returns the images of
+        all restarts ``(R * N, C, H, W)`` and each restart's final match ``(R,)``."""
         s = self.settings
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
-            stand_in = ClientNet(spec.in_channels)
+        n, restarts = len(intercepted), s.restarts
+        stand_ins = []
+        for _ in range(restarts):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+                stand_ins.append(ClientNet(spec.in_channels))
         # Eval mode: each BatchNorm is an affine layer the attacker learns (no batch coupling).
-        stand_in.eval()
-        variables = spec.variables(len(intercepted), generator)
+        shape = stand_ins[0].eval()
+        params = [torch.stack([p.detach() for p in group]).requires_grad_(True) for group in zip(*(m.parameters() for m in stand_ins))]
+        variables = spec.variables(restarts * n, generator)
         # The image as sigmoid(logits) from a uniform start: with a projected image and a random
         # stand-in, pixels pushed to 0 early stay there (the stand-in then matches only the mean).
         logits = torch.logit(torch.rand(variables[0].shape, generator=generator).clamp(0.05, 0.95)).requires_grad_(True)
         free = [logits, *variables[1:]]
         opt_input = torch.optim.Adam(free, lr=s.lr)
-        opt_model = torch.optim.Adam(stand_in.parameters(), lr=s.model_lr)
+        opt_model = torch.optim.Adam(params, lr=s.model_lr)
+        target = intercepted.repeat(restarts, *[1] * (intercepted.dim() - 1))
+        per_problem = intercepted.numel()
 
         def current() -> List[Tensor]:
             return [torch.sigmoid(logits), *free[1:]]
 
+        def matches(inputs) -> Tensor:
+            out = client_forward_per_problem(shape, params, spec.net_input(inputs), restarts)
+            return (out - target).pow(2).view(restarts, -1).sum(1) / per_problem
+
         def step(opt) -> float:
             inputs = current()
-            match = F.mse_loss(stand_in(spec.net_input(inputs)), intercepted)
-            loss = match + spec.prior(inputs, s.tv, s.map_l1)
+            match = matches(inputs)
+            # each restart's prior a mean over its own images (all restarts are equally sized)
+            loss = match.sum() + restarts * spec.prior(inputs, s.tv, s.map_l1)
             opt_input.zero_grad()
             opt_model.zero_grad()
             loss.backward()
             opt.step()
             spec.project([torch.empty(0), *free[1:]])
-            return match.item()
+            return float(match.detach().min())
 
         for _ in range(s.rounds):
             for opt, steps in ((opt_input, s.input_steps), (opt_model, s.model_steps)):
@@ -516,7 +535,7 @@ class UnSplitAttack(InversionAttack):
                     bar.update()
             bar.set_postfix(match=f"{match:.4f}", refresh=False)
         with torch.no_grad():
-            final = F.mse_loss(stand_in(spec.net_input(current())), intercepted).item()
+            final = matches(current())
         return current()[0].detach().clone(), final
 
 
