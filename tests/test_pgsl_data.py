@@ -213,6 +213,15 @@ def test_idx_images_the_model_cannot_take_are_refused(tmp_path, shape):
         data.load(f"mnist:{tmp_path}")
 
 
+def test_an_idx_file_of_0_images_names_the_file(tmp_path):
+    """Issue 22, finding 16: it was named by its folder ("too few images")."""
+    _mnist_folder(str(tmp_path))
+    _write_idx(os.path.join(tmp_path, "t10k-images-idx3-ubyte"), torch.zeros(0, 28, 28), False)
+    _write_idx(os.path.join(tmp_path, "t10k-labels-idx1-ubyte"), torch.zeros(0), False)
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: holds 0 images"):
+        data.load(f"mnist:{tmp_path}")
+
+
 def test_a_corrupt_gzip_stream_names_the_file(tmp_path):
     _mnist_folder(str(tmp_path), gz=True)
     path = os.path.join(tmp_path, "train-images-idx3-ubyte.gz")

@@ -179,6 +179,8 @@ def read_idx(path: str) -> Tensor:
     expected = 4 + 4 * ndim + math.prod(shape)
     if len(data) != expected:
         raise DataError(f"{path}: {len(data)} bytes, expected {expected} for shape {shape} (truncated or padded file)")
+    if math.prod(shape) == 0:  # torch.frombuffer refuses an empty buffer
+        return torch.zeros(shape, dtype=torch.uint8)
     return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).reshape(shape)
 
 
@@ -195,6 +197,8 @@ def _idx_pair(folder: str, images_key: str, labels_key: str) -> Tuple[Tensor, Te
         raise DataError(f"{labels_path}: expected {images.shape[0]} labels (one per image), got shape {tuple(labels.shape)}")
     if labels.numel() and int(labels.max()) > 9:
         raise DataError(f"{labels_path}: label {int(labels.max())} is not a digit 0-9")
+    if images.shape[0] == 0:
+        raise DataError(f"{images_path}: holds 0 images; expected at least one")
     return images.float().div(255).unsqueeze(1), labels.long()
 
 
