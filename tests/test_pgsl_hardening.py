@@ -346,3 +346,10 @@ def test_a_text_pixel_in_an_ascii_pgm_names_the_file(tmp_path):
     path.write_text("P2\n2 2\n255\n0 12 x7 255\n")
     with pytest.raises(DataError, match=r"mdb001.pgm: pixel value b'x7' is not an integer"):
         read_pgm(str(path))
+
+
+def test_launcher_exit_status_follows_the_shell_for_signals():
+    """Issue 22, finding 20: a rank killed by a signal made the launcher exit 247 / 250."""
+    from pgsl.train import exit_status
+
+    assert exit_status(-9) == 137 and exit_status(-6) == 134 and exit_status(2) == 2 and exit_status(0) == 0

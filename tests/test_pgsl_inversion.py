@@ -140,12 +140,13 @@ def privacy(tiny_run):
         "whitebox": {"steps": 60, "images": 4},
         "unsplit": {"images": 4},  # default budget: 3 restarts of 100 rounds
         "dlg": {"batches": 2, "restarts": 8},  # 2 images, twice the default restarts (600 steps each)
+        "dlg_turn": {"images": 4, "iterations": 50},
     }
     return evaluate_privacy(run, targets, aux, settings=settings, classifier=classifier, progress=False)
 
 
 def test_result_layout(privacy):
-    assert set(privacy) == {"decoder", "unsplit", "whitebox", "dlg"}
+    assert set(privacy) == {"decoder", "unsplit", "whitebox", "dlg", "dlg_turn"}
     for name, result in privacy.items():
         n = len(result["indices"])
         assert result["images"] == n and result["indices"] == list(range(n))

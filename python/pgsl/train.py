@@ -114,6 +114,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def exit_status(returncode: int) -> int:
+    """A rank's return code as the launcher's exit status: killed by signal N (Popen's -N) is
+    128 + N, the shell's convention (not -N, which the OS would report as 256 - N: 247 for
+    SIGKILL, 250 for SIGABRT)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _ended(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
+
+
 def launch_local(cfg: Config, argv: Sequence[str]) -> int:
     """``--distributed`` without torchrun: start the server and K clients as local processes
     (gloo over loopback, or NCCL with ``--device cuda``) and wait for them. When one fails, the
@@ -136,10 +153,10 @@ def launch_local(cfg: Config, argv: Sequence[str]) -> int:
             bad = [(rank, c) for rank, c in enumerate(states) if c not in (None, 0)]
             if bad and failed_at is None:
                 failed_at = time.monotonic()
-                code = bad[0][1]
-                print(f"pgsl: {role(bad[0][0])} exited with code {bad[0][1]}; waiting up to {cfg.timeout:g} s for the others", file=sys.stderr, flush=True)
+                code = exit_status(bad[0][1])
+                print(f"pgsl: {role(bad[0][0])} {_ended(bad[0][1])}; waiting up to {cfg.timeout:g} s for the others", file=sys.stderr, flush=True)
             if all(c is not None for c in states):
-                return code if code else next((c for c in states if c), 0)
+                return code if code else next((exit_status(c) for c in states if c), 0)
             if failed_at is not None and time.monotonic() - failed_at > cfg.timeout + 10:
                 for p in procs:
                     if p.poll() is None:
