@@ -353,3 +353,30 @@ def test_launcher_exit_status_follows_the_shell_for_signals():
     from pgsl.train import exit_status
 
     assert exit_status(-9) == 137 and exit_status(-6) == 134 and exit_status(2) == 2 and exit_status(0) == 0
+
+
+class _Payload:
+    """Pickles to a call of ``touch`` on a marker file: what a malicious checkpoint would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_checkpoint_is_refused_in_one_line_without_running_it(tmp_path, finished, capsys):
+    """Issue 22, findings 14 and 20: refused (weights_only) in one line, without torch's advice to
+    retry with weights_only=False, which would run the payload."""
+    run = copy_of(finished, tmp_path)
+    marker = tmp_path / "ran"
+    torch.save({"net": _Payload(marker)}, run / "client_epoch1.pt")
+    line = one_line_error(capsys, ["evaluate", "--run", str(run), "--attacks", "decoder", "--out", str(tmp_path / "o")])
+    assert "client_epoch1.pt: cannot be loaded as a checkpoint" in line and "refused without running" in line
+    assert "weights_only=False" not in line and "weights_only` set to `False" not in line
+    torch.save({"x": _Payload(marker)}, run / "client1_attack.pt")
+    with pytest.raises(RunError, match="client1_attack.pt: cannot be loaded as the client's attack cache .*refused without running"):
+        from pgsl.rundir import load_cache
+
+        load_cache(str(run / "client1_attack.pt"))
+    assert not marker.exists()

@@ -17,6 +17,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import pickle
 import platform
 import subprocess
 import uuid
@@ -94,6 +95,16 @@ def checkpoint(out: str, half: str, epoch: int, state: dict) -> None:
         os.remove(old)
 
 
+def _load_failure(e: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in a few words. A file that
+    holds objects other than tensors and plain containers is refused as such: torch's own message
+    goes on to suggest ``weights_only=False``, which would run whatever code the file holds."""
+    if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in str(e):
+        return "it holds objects other than tensors and plain containers, which pgsl never writes; refused without running any of it"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def load_checkpoint(out: str, half: str, epoch: int) -> dict:
     """``half``'s checkpoint after ``epoch``, checked to be that and to belong to this run."""
     path = os.path.join(out, f"{half}_epoch{epoch}.pt")
@@ -102,8 +113,7 @@ def load_checkpoint(out: str, half: str, epoch: int) -> dict:
     except FileNotFoundError:
         raise RunError(f"--resume: {path} is missing (the {half} half of epoch {epoch})") from None
     except Exception as e:  # a truncated, foreign or malicious file (weights_only refuses to run code)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(f"{path}: cannot be loaded as a checkpoint ({type(e).__name__}: {first})") from None
+        raise RunError(f"{path}: cannot be loaded as a checkpoint ({_load_failure(e)})") from None
     if not isinstance(state, dict) or not isinstance(state.get(half), dict) or state.get("epoch") != epoch:
         raise RunError(f"{path}: not the {half} half of epoch {epoch} (expected a dict with '{half}' and 'epoch': {epoch})")
     expected = run_id(out)
@@ -132,8 +142,7 @@ def load_cache(path: str) -> dict:
     try:
         cache = torch.load(path, weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(f"{path}: cannot be loaded as the client's attack cache ({type(e).__name__}: {first})") from None
+        raise RunError(f"{path}: cannot be loaded as the client's attack cache ({_load_failure(e)})") from None
     if not isinstance(cache, dict) or not isinstance(cache.get("surrogate"), dict) or not isinstance(cache.get("attacked"), dict):
         raise RunError(f"{path}: not a client's attack cache (expected a dict with 'surrogate' and 'attacked')")
     return cache
