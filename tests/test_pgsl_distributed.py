@@ -148,6 +148,34 @@ def test_launcher_reports_a_dead_rank(tmp_path):
             p.kill()
 
 
+def test_a_killed_server_ends_the_launched_run_in_a_few_lines(tmp_path):
+    """Issue 22, finding 15: a dead server came out as 60+ lines of torch's C++ frames with the
+    reason buried, and the reason read "is gone (it to receive 'hello')"."""
+    out = str(tmp_path / "run")
+    p = _pgsl(*ARGS, "--distributed", "--timeout", "8", "--out", out)
+    try:
+        _wait_for(os.path.join(out, "config.json"), [p])
+        start = time.monotonic()
+        while len(_children(p.pid)) < 3 and time.monotonic() - start < 60:
+            time.sleep(0.2)
+        kids = _children(p.pid)
+        assert len(kids) == 3, kids
+        time.sleep(4)
+        os.kill(kids[0], signal.SIGKILL)  # rank 0, the server
+        _, stderr = p.communicate(timeout=120)
+        assert p.returncode == 128 + 9, (p.returncode, stderr)
+        lines = stderr.strip().splitlines()
+        assert "frame #" not in stderr and len(lines) <= 4, stderr
+        assert "the server (rank 0) was killed by SIGKILL" in lines[0], stderr
+        # each client says in one line why it stopped (the server gone, or the store it hosted
+        # unreachable), or the launcher says it killed it
+        assert all(line.startswith(("pgsl train: error:", "pgsl: killed the ranks")) for line in lines[1:]), stderr
+        assert all("This is typically caused" not in line for line in lines), stderr
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
 def _alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -143,7 +143,10 @@ def launch_local(cfg: Config, argv: Sequence[str]) -> int:
     threads = max(1, (os.cpu_count() or 1) // world)
     procs = []
     for rank in range(world):
+        # TORCH_CPP_LOG_LEVEL: torch's C++ warnings and errors (a store or pair that lost its peer) come with
+        # 20 frames of C++ stack each; the rank's own one-line error says what happened.
         child_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), OMP_NUM_THREADS=str(threads))
+        child_env.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
         procs.append(subprocess.Popen([sys.executable, "-m", "pgsl.cli", *argv], env=child_env, preexec_fn=_die_with_parent))
     failed_at = None
     code = 0

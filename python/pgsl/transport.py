@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import datetime
 import os
+import re
 import threading
 import time
 from typing import Callable, Deque, Dict, List, Sequence, Tuple
@@ -177,8 +178,7 @@ class DistributedLink(Link):
             elif now - last_change > self.timeout:
                 raise PeerError(f"{role(peer)} stopped answering: no heartbeat for {self.timeout:g} s while waiting for {what}")
         if failure:
-            reason = str(failure[0]).splitlines()[0] if str(failure[0]) else type(failure[0]).__name__
-            raise PeerError(f"{role(peer)} is gone ({what}): {reason}")
+            raise PeerError(f"{role(peer)} is gone (while waiting for {what}): {_reason(failure[0])}")
 
     # -- messages
     @staticmethod
@@ -187,8 +187,7 @@ class DistributedLink(Link):
         try:
             return op(tensor, peer)
         except Exception as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise PeerError(f"{role(peer)} is gone ({what}): {reason}") from None
+            raise PeerError(f"{role(peer)} is gone (while waiting for {what}): {_reason(e)}") from None
 
     def send(self, dst: int, kind: str, tensors: Sequence[Tensor] = ()) -> None:
         shapes: List[int] = []
@@ -223,6 +222,14 @@ class DistributedLink(Link):
 
     def close(self) -> None:
         self._stop.set()
+
+
+def _reason(e: Exception) -> str:
+    """A transport error in a few words: its first line without gloo's ``[file:line]`` prefix
+    and its advice to read the other rank's log (this error is that reading)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)
+    return text.split(". This is typically")[0].rstrip(".")
 
 
 _STORE = None
