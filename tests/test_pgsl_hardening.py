@@ -380,3 +380,25 @@ def test_a_malicious_checkpoint_is_refused_in_one_line_without_running_it(tmp_pa
 
         load_cache(str(run / "client1_attack.pt"))
     assert not marker.exists()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A read-only filesystem (a tmpfs mounted ro): root ignores permission bits, not this."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({done.stderr.strip()}); needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_out_on_a_read_only_filesystem_is_one_line(read_only_folder, finished, capsys):
+    """Issue 22, finding 11: --out on a read-only filesystem (train and evaluate)."""
+    line = one_line_error(capsys, ["train", "--defense", "none", "--out", str(read_only_folder / "run"), "--no-progress"])
+    assert "--out" in line and "Read-only file system" in line
+    line = one_line_error(capsys, ["evaluate", "--run", str(finished), "--attacks", "decoder", "--out", str(read_only_folder / "ev")])
+    assert "--out" in line and "Read-only file system" in line
