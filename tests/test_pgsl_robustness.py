@@ -115,6 +115,20 @@ def test_evaluate_robustness_report(runs):
     assert fgsm["transfer"]["perturbation"]["linf_mean"] == pytest.approx(0.2, abs=1e-5)
 
 
+def test_an_attack_can_take_the_first_targets_only(runs):
+    """--full attacks 500 targets, JSMA and CW the first 100: each result says how many it
+    attacked, and its per-image record and interval are over those."""
+    none = runs["none"]
+    images = _images(none, 6)
+    r = evaluate_robustness({"none": none}, undefended=None, images=images, attacks=["fgsm", "bim"],
+                            settings={"fgsm": {"images": 2}}, progress=False)
+    fgsm, bim = r["results"]["none"]["attacks"]["fgsm"]["adaptive"], r["results"]["none"]["attacks"]["bim"]["adaptive"]
+    assert fgsm["images"] == 2 and len(fgsm["correct"]["plain"]) == 2
+    assert fgsm["accuracy"]["plain"] == fgsm["correct"]["plain"].count("1") / 2
+    assert bim["images"] == 6 and len(bim["correct"]["plain"]) == 6  # the next attack takes all the targets again
+    assert len(r["results"]["none"]["clean_correct"]["plain"]) == 6
+
+
 def test_sweep_mu_table_and_argmin(runs):
     run = runs["pgsl"]
     result = sweep_mu(run, _images(run, 5), settings={"max_iter": 15, "images": 3}, progress=False)

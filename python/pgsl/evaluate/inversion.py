@@ -801,11 +801,13 @@ class TurnLeakageAttack(GradientLeakageAttack):
         )
 
 
-# The full protocol (``pgsl evaluate --full``): every target and many more iterations; hours on a CPU.
+# The research protocol (``pgsl evaluate --full``): every target (64 by default; DLG 16 each) and
+# longer optimisations where they pay (decoder, white box); UnSplit at its default budget on all
+# targets (its cost grows with images x rounds; 4x the rounds did not fit a run's budget).
 FULL_SETTINGS = {
     "decoder": DecoderSettings(images=0, aux_images=0, epochs=100),
     "whitebox": WhiteBoxSettings(images=0, steps=1000),
-    "unsplit": UnSplitSettings(images=0, rounds=200, input_steps=10, model_steps=10),
+    "unsplit": UnSplitSettings(images=0),
     "dlg": DLGSettings(batch_size=1, batches=16, restarts=2, iterations=600),
     "dlg_turn": TurnLeakageSettings(images=16, restarts=2, iterations=600),
 }

@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -34,6 +34,9 @@ from ..runs import Run, restore
 from . import inversion, mu_sweep, robustness, seeds as seeding
 
 __all__ = ["evaluate", "markdown", "EVALUATIONS", "PAPER"]
+
+# The research protocol's robustness targets (``--full``; the default is robustness.DEFAULT_IMAGES).
+FULL_ROBUST_IMAGES = 500
 
 # Every evaluation by name, from the two attack registries, in the report's order.
 EVALUATIONS = tuple(inversion.ATTACKS) + tuple(robustness.ATTACKS) + ("musweep",)
@@ -91,7 +94,7 @@ def evaluate(
     out: str,
     evaluations: Sequence[str] = EVALUATIONS,
     images: int = 64,
-    robust_images: int = 50,
+    robust_images: Optional[int] = None,
     full: bool = False,
     seed: int = 0,
     progress: bool = True,
@@ -103,6 +106,8 @@ def evaluate(
     ``resume=True`` keeps the parts an earlier, interrupted call with the same runs and protocol
     wrote into ``out`` and computes the rest. Each part is seeded on its own, so a resumed report
     holds the numbers an uninterrupted one would."""
+    if robust_images is None:
+        robust_images = FULL_ROBUST_IMAGES if full else robustness.DEFAULT_IMAGES
     if isinstance(folders, str):
         folders = [folders]
     if not folders:
@@ -476,12 +481,12 @@ def robustness_markdown(rob: dict) -> List[str]:
             lines.append(f"| {run_name} | {stream} | {clean_cell} | " + " | ".join(cells) + " |")
     lines += ["", "What each attack changed (mean over the images: pixels moved by more than 1e-6, the largest and the "
               "L2 change; an attack that moved nothing shows 0):", "",
-              "| run | attack | setting | pixels moved | L-inf | L2 |", "| --- | --- | --- | ---: | ---: | ---: |"]
+              "| run | attack | setting | images | pixels moved | L-inf | L2 |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for run_name, run_result in results.items():
         for attack, by_setting in run_result.get("attacks", {}).items():
             for setting, r in by_setting.items():
                 d = r.get("perturbation", {})
-                lines.append(f"| {run_name} | {attack} | {setting} | {_fmt(d.get('l0_mean'), 1)} | {_fmt(d.get('linf_mean'))} | "
+                lines.append(f"| {run_name} | {attack} | {setting} | {r.get('images', rob.get('images', '-'))} | {_fmt(d.get('l0_mean'), 1)} | {_fmt(d.get('linf_mean'))} | "
                              f"{_fmt(d.get('l2_mean'))} |")
     lines += ["", "How:", ""]
     for attack, info in rob.get("attacks", {}).items():

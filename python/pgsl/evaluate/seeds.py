@@ -175,6 +175,7 @@ def aggregate_robustness(members: Dict[str, dict]) -> dict:
             acc, ci, correct = pooled(lambda r, a=attack, s=setting: r["attacks"][a][s]["correct"])
             entry["attacks"][attack][setting] = {
                 "source": [p["source"] for p in parts],
+                "images": r0.get("images"),
                 "accuracy": acc,
                 "accuracy_ci95": ci,
                 "correct": correct,
