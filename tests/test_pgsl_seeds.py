@@ -89,3 +89,37 @@ def test_report_pools_seeds_with_intervals_and_paired_differences(seeded, tmp_pa
     assert d["robustness"]["fgsm"]["adaptive"]["ci95"][0] <= d["robustness"]["fgsm"]["adaptive"]["difference"]
     md = (out / "report.md").read_text()
     assert "## Differences from the undefended run" in md and "| none | none | mnist5k | 1 | 0, 1, 2 |" in md
+
+
+def test_robustness_resumes_at_the_next_run_and_crafts_transfer_images_once(seeded, tmp_path, monkeypatch):
+    """Fifteen runs at 500 targets take hours: an interrupted evaluation must keep every run's
+    robustness that finished, and the transfer images crafted against the undefended source."""
+    from pgsl.evaluate import robustness
+
+    folders = [str(seeded / n) for n in ("none-s0", "none-s1", "noise-s0")]
+    kwargs = dict(evaluations=["fgsm"], images=4, robust_images=4, progress=False)
+    real, calls = robustness.evaluate_robustness, []
+
+    def second_call_interrupted(*a, **k):
+        calls.append(sorted(a[0]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(robustness, "evaluate_robustness", second_call_interrupted)
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(folders, out=str(out), **kwargs)
+    assert (out / "transfer_images.pt").is_file()
+    kept = json.loads((out / "report.json").read_text())["seed_runs"]["robustness"]["results"]
+    assert list(kept) == ["none@s0"]
+    calls.clear()
+    crafted, real_craft = [], robustness.craft
+    monkeypatch.setattr(robustness, "evaluate_robustness", lambda *a, **k: calls.append(sorted(a[0])) or real(*a, **k))
+    monkeypatch.setattr(robustness, "craft", lambda *a, **k: crafted.append(a[1]) or real_craft(*a, **k))
+    report = evaluate(folders, out=str(out), resume=True, **kwargs)
+    assert calls == [["none@s1"], ["noise(1)"]]  # a group of one seed: its member is the group
+    # none@s1: transfer from none@s0 and adaptive; noise: adaptive only, its transfer images from
+    # none@s0 were crafted for none@s1 (4 crafts without the cache)
+    assert crafted == ["fgsm"] * 3
+    assert set(report["robustness"]["results"]) == {"none", "noise(1)"}

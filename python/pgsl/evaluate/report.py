@@ -252,14 +252,37 @@ def evaluate(
     if adversarial_names:
         undefended = [r for r in members.values() if r.defense == "none"]
         rob_targets = targets.subset(torch.arange(min(robust_images, len(targets))))
-        done = earlier.get("seed_runs", {}).get("robustness") or earlier.get("robustness")
-        if done and list(done.get("attacks", {})) == adversarial_names and set(done.get("results", {})) == set(members):
-            member_robustness = done
-        else:
-            member_robustness = robustness.evaluate_robustness(
-                members, undefended=undefended, images=rob_targets, attacks=adversarial_names,
-                settings=robustness.FULL_SETTINGS if full else None, progress=progress, seed=seed,
-            )
+        done = earlier.get("seed_runs", {}).get("robustness") or earlier.get("robustness") or {}
+        if list(done.get("attacks", {})) != adversarial_names:
+            done = {}
+        # One run at a time, each seeded on its own, the transfer images crafted once and kept on
+        # disk: an interrupted evaluation resumes at the next run.
+        cache_path = os.path.join(out, "transfer_images.pt")
+        cache = torch.load(cache_path, weights_only=True) if resume and os.path.isfile(cache_path) else {}
+        cache = {k: tuple(v) for k, v in cache.items()}
+        member_robustness: dict = {}
+        for name, run in members.items():
+            if name in done.get("results", {}):
+                part = dict(done, results={name: done["results"][name]})
+            else:
+                part = robustness.evaluate_robustness(
+                    {name: run}, undefended=undefended, images=rob_targets, attacks=adversarial_names,
+                    settings=robustness.FULL_SETTINGS if full else None, progress=progress, seed=seed, transfer_cache=cache,
+                )
+                torch.save(cache, cache_path)
+            if not member_robustness:
+                member_robustness = dict(part, results={}, seconds=0.0, cpu_seconds=0.0)
+            member_robustness["results"][name] = part["results"][name]
+            member_robustness["seconds"] += part.get("seconds", 0.0) if name not in done.get("results", {}) else 0.0
+            member_robustness["cpu_seconds"] += part.get("cpu_seconds", 0.0) if name not in done.get("results", {}) else 0.0
+            if several:
+                report["seed_runs"]["robustness"] = member_robustness
+            else:
+                report["robustness"] = member_robustness
+            write_so_far()
+        if done:
+            member_robustness["seconds"] += done.get("seconds", 0.0)
+            member_robustness["cpu_seconds"] += done.get("cpu_seconds", 0.0)
         report["robustness"] = dict(member_robustness, results={
             g: seeding.aggregate_robustness({m: member_robustness["results"][m] for m, _ in group}) for g, group in groups.items()
         })

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence
@@ -380,6 +381,7 @@ def evaluate_robustness(
     settings: Optional[Mapping] = None,
     progress: bool = True,
     seed: int = 0,
+    transfer_cache: Optional[Dict[str, tuple]] = None,
 ) -> dict:
     """Accuracy of every run (each stream and the fused decision) on ``images``, clean and under
     each of ``attacks``, transfer (crafted against an undefended run; skipped when there is none) and
@@ -396,6 +398,9 @@ def evaluate_robustness(
         settings: a :class:`RobustnessSettings` or a dict of its fields, e.g.
             ``{"fgsm": {"eps": 0.1}}``, or :data:`FULL_SETTINGS` (None: the defaults).
         seed: seeds the global RNG and the runs' activation noise for the duration.
+        transfer_cache: a dict that keeps the transfer images crafted against each source
+            (``"attack|source folder" -> (images, source accuracy)``) across calls: evaluating
+            runs one call at a time crafts them once. A caller may save and reload it.
 
     Returns:
         dict (JSON-serialisable)::
@@ -456,7 +461,7 @@ def evaluate_robustness(
         "Accuracies are fractions of the images; 'seconds' / 'cpu_seconds' per setting are the crafting time "
         "(wall / process CPU, all threads), counted once for transfer images."
     )
-    transfer_cache: Dict[str, tuple] = {}
+    transfer_cache = {} if transfer_cache is None else transfer_cache
     with torch.random.fork_rng(devices=[]), contextlib.ExitStack() as noise, bar:
         for r in all_runs:
             noise.enter_context(r.noise_seeded(seed))
@@ -484,8 +489,9 @@ def evaluate_robustness(
                 for setting, source in sources:
                     bar.set_postfix_str(f"{name} {attack} {setting}")
                     seconds = cpu = 0.0
-                    if setting == "transfer" and (attack, source.folder) in transfer_cache:
-                        x_adv, source_accuracy = transfer_cache[(attack, source.folder)]
+                    key = f"{attack}|{os.path.abspath(source.folder)}"
+                    if setting == "transfer" and key in transfer_cache and len(transfer_cache[key][0]) == len(x):
+                        x_adv, source_accuracy = transfer_cache[key]
                     elif setting == "adaptive" and same_as_undefended and "transfer" in results:
                         results["adaptive"] = dict(results["transfer"], note="the undefended run itself: the same images as transfer")
                         results["transfer"]["note"] = "crafted against this run itself (no other undefended run to transfer from)"
@@ -505,7 +511,7 @@ def evaluate_robustness(
                     if source_accuracy is None:
                         source_accuracy = accuracy["fused"] if source is run else _accuracies(source, x_adv, y, batch)["fused"]
                         if setting == "transfer":
-                            transfer_cache[(attack, source.folder)] = (x_adv, source_accuracy)
+                            transfer_cache[key] = (x_adv, source_accuracy)
                     results[setting] = {
                         "source": source.folder,
                         "images": len(x),
