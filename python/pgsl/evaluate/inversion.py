@@ -808,8 +808,8 @@ FULL_SETTINGS = {
     "decoder": DecoderSettings(images=0, aux_images=0, epochs=100),
     "whitebox": WhiteBoxSettings(images=0, steps=1000),
     "unsplit": UnSplitSettings(images=0),
-    "dlg": DLGSettings(batch_size=1, batches=16, restarts=2, iterations=600),
-    "dlg_turn": TurnLeakageSettings(images=16, restarts=2, iterations=600),
+    "dlg": DLGSettings(batch_size=1, batches=16, restarts=1, iterations=400),
+    "dlg_turn": TurnLeakageSettings(images=16, restarts=1, iterations=400),
 }
 
 # The registry: every inversion attack, by name, in the report's order.
