@@ -15,7 +15,13 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-from . import config
+# A rank under torchrun (or the launcher): torch's C++ warnings and errors about a peer that went
+# away come with 20 frames of C++ stack each, read before torch is imported; the rank's own
+# one-line error says what happened. A value the user set is kept.
+if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
+
+from . import config  # noqa: E402  (after the environment above: it imports torch)
 from .errors import PeerError, PgslError
 
 __all__ = ["main"]
