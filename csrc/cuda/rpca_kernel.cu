@@ -75,21 +75,14 @@ __global__ void __launch_bounds__(kGroupsPerBlock * kGroupLanes, kGroupMinBlocks
   for (int64_t i = int64_t(blockIdx.x) * layout.groups_per_block + threadIdx.x / kGroupLanes; i < g.batch;
        i += step) {
     // rpca_load_lane
-    T amax = T(0);
-    bool finite = true;
-    for (int o = lane; o < size; o += kGroupLanes) {
-      int r, c;
-      g.out_coords(o, r, c);
-      const T v = x[g.in_offset(i, r, c)];
+    const GroupScan<T> scan = group_load_scan(g, x, i, size, lane, [&](int o, int r, int c, T v) {
       const T s0 = init != nullptr ? init[p.init_g.in_offset(i, r, c)] : T(0);
       X[o] = v;
       Sk[o] = s0;
-      const bool ok = std::isfinite(v);
-      finite = finite && ok && std::isfinite(s0);
-      amax = ok && std::fabs(v) > amax ? std::fabs(v) : amax;
-    }
-    finite = __all_sync(kGroupMask, finite);
-    const T scale = exact_scale_for<T>(group_max(amax));
+      return bool(std::isfinite(s0));
+    });
+    const bool finite = scan.finite;
+    const T scale = exact_scale_for<T>(scan.amax);
     T norm2 = T(0);
     for (int o = lane; o < size; o += kGroupLanes) {
       const T v = finite ? X[o] * scale : T(0);

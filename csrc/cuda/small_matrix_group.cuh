@@ -94,6 +94,34 @@ __device__ __forceinline__ T group_max(T v) {
   return v;
 }
 
+// What group_load_scan found in one matrix: the largest finite |value| (every lane holds it) and
+// whether every value, and whatever the store read beside it, was finite (the group's vote).
+template <typename T>
+struct GroupScan {
+  T amax;
+  bool finite;
+};
+
+// Matrix i of the batch read lane by lane in output order (the group-stride loop both the svt and
+// the rpca kernels start with): each value goes to store(o, r, c, v), which keeps it where its
+// kernel wants it and returns whether anything else it read there (rpca's warm start) is finite.
+template <typename T, typename Store>
+__device__ __forceinline__ GroupScan<T> group_load_scan(const SmallBatchGeometry& g, const T* x, int64_t i, int size,
+                                                        int lane, Store&& store) {
+  T amax = T(0);
+  bool finite = true;
+  for (int o = lane; o < size; o += kGroupLanes) {
+    int r, c;
+    g.out_coords(o, r, c);
+    const T v = x[g.in_offset(i, r, c)];
+    const bool ok = std::isfinite(v);
+    finite = store(o, r, c, v) && finite && ok;
+    amax = ok && std::fabs(v) > amax ? std::fabs(v) : amax;
+  }
+  finite = __all_sync(kGroupMask, finite);
+  return {group_max(amax), finite};
+}
+
 template <typename T>
 __device__ __forceinline__ void group_set_identity(T* V, int ldv, int N, int lane) {
   for (int e = lane; e < N * N; e += kGroupLanes) V[(e / N) * ldv + e % N] = e / N == e % N ? T(1) : T(0);

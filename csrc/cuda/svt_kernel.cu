@@ -48,19 +48,12 @@ __global__ void __launch_bounds__(kGroupsPerBlock * kGroupLanes, kGroupMinBlocks
   const int64_t step = int64_t(gridDim.x) * layout.groups_per_block;  // the grid is capped (blocks_for)
   for (int64_t i = int64_t(blockIdx.x) * layout.groups_per_block + threadIdx.x / kGroupLanes; i < g.batch;
        i += step) {
-    T amax = T(0);
-    bool finite = true;
-    for (int o = lane; o < size; o += kGroupLanes) {
-      int r, c;
-      g.out_coords(o, r, c);
-      const T v = x[g.in_offset(i, r, c)];
+    const GroupScan<T> scan = group_load_scan(g, x, i, size, lane, [&](int, int r, int c, T v) {
       A[c * lda + r] = v;
-      const bool ok = std::isfinite(v);
-      finite = finite && ok;
-      amax = ok && std::fabs(v) > amax ? std::fabs(v) : amax;
-    }
-    finite = __all_sync(kGroupMask, finite);
-    const T scale = exact_scale_for<T>(group_max(amax));
+      return true;
+    });
+    const bool finite = scan.finite;
+    const T scale = exact_scale_for<T>(scan.amax);
     for (int o = lane; o < size; o += kGroupLanes) {
       int r, c;
       g.out_coords(o, r, c);
