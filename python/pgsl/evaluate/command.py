@@ -27,8 +27,9 @@ def add_arguments(p) -> None:
     p.add_argument("--robust-images", type=int, default=None,
                    help="test images attacked for accuracy under attack (default 50; 500 with --full)")
     p.add_argument("--full", action="store_true",
-                   help="the research protocol: 500 robustness targets (JSMA and CW on the first 100), every inversion "
-                        "target with longer optimisations, DLG and its realistic form on 16 images each")
+                   help="the research protocol: 500 robustness targets (JSMA on the first 100, CW on the first 50), "
+                        "the decoder and white box on every inversion target with longer optimisations, UnSplit, "
+                        "DLG and its realistic form on 16 each")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks")
     p.add_argument("--resume", action="store_true", help="keep the parts an interrupted evaluation wrote into --out; compute the rest")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
