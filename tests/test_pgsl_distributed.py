@@ -129,16 +129,22 @@ def _children(pid):
         return []
 
 
+def _launched_ranks(p, out):
+    """The launcher ``p``'s three ranks, in rank order, once it has prepared ``out`` and started them."""
+    _wait_for(os.path.join(out, "config.json"), [p])  # the launcher prepares the folder, then starts the ranks
+    start = time.monotonic()
+    while len(_children(p.pid)) < 3 and time.monotonic() - start < 60:
+        time.sleep(0.2)
+    kids = _children(p.pid)
+    assert len(kids) == 3, kids
+    return kids
+
+
 def test_launcher_reports_a_dead_rank(tmp_path):
     out = str(tmp_path / "run")
     p = _pgsl(*ARGS, "--distributed", "--timeout", "8", "--out", out)
     try:
-        _wait_for(os.path.join(out, "config.json"), [p])  # the launcher prepares the folder, then starts the ranks
-        start = time.monotonic()
-        while len(_children(p.pid)) < 3 and time.monotonic() - start < 60:
-            time.sleep(0.2)
-        kids = _children(p.pid)
-        assert len(kids) == 3, kids
+        kids = _launched_ranks(p, out)
         time.sleep(2)
         os.kill(kids[2], signal.SIGKILL)  # started in rank order
         _, stderr = p.communicate(timeout=120)
@@ -156,12 +162,7 @@ def test_a_killed_server_ends_the_launched_run_in_a_few_lines(tmp_path):
     out = str(tmp_path / "run")
     p = _pgsl(*ARGS, "--distributed", "--timeout", "8", "--out", out)
     try:
-        _wait_for(os.path.join(out, "config.json"), [p])
-        start = time.monotonic()
-        while len(_children(p.pid)) < 3 and time.monotonic() - start < 60:
-            time.sleep(0.2)
-        kids = _children(p.pid)
-        assert len(kids) == 3, kids
+        kids = _launched_ranks(p, out)
         time.sleep(4)
         os.kill(kids[0], signal.SIGKILL)  # rank 0, the server
         _, stderr = p.communicate(timeout=120)
