@@ -94,7 +94,7 @@ def test_evaluate_robustness_report(runs):
     assert runs["pgsl"].server.cfg.rpca_iters == 5, "the crafting cap (adaptive_rpca_iters) is restored"
     json.dumps(report)
     assert report["images"] == 8 and list(report["attacks"]) == list(ATTACKS) and report["batch_size"] == 8
-    assert report["attacks"]["bim"]["settings"] == {"eps": 0.2, "alpha": 0.1, "steps": 2}
+    assert report["attacks"]["bim"]["settings"] == {"eps": 0.2, "alpha": 0.1, "steps": 2, "images": 0}
     assert report["attacks"]["cw"]["settings"]["kappa"] == 0.0  # defaults kept where not overridden
     assert all(report["attacks"][a]["how"] for a in ATTACKS) and report["notes"]
     assert set(report["results"]) == set(runs)
