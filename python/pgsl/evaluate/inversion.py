@@ -478,7 +478,7 @@ class UnSplitAttack(InversionAttack):
 
     def reconstruct(self, view: UnSplitView, *, generator: torch.Generator, progress: bool = True) -> Tensor:
         s, spec, intercepted = self.settings, view.spec, view.intercepted
-        n, r = len(intercepted), s.restarts
+        n = len(intercepted)
         with _bar(s.rounds * (s.input_steps + s.model_steps), "unsplit", progress) as bar:
             images, matches = self._attempts(intercepted, spec, generator, bar)
         best = int(matches.argmin())

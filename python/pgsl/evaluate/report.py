@@ -203,6 +203,8 @@ def evaluate(
     if inversion_names:
         member_privacy: Dict[str, dict] = {}
         dcor: Dict[str, float] = {}
+        if several:
+            report["seed_runs"]["dcor_image_message"] = dcor
         inv_targets = targets.subset(torch.arange(min(images, len(targets))))
         settings = inversion.FULL_SETTINGS if full else None
         from .metrics import bias_corrected_dcor2, evaluator_classifier
@@ -224,6 +226,8 @@ def evaluate(
                 done = earlier_privacy.get(name, {})
                 if all(a in done for a in inversion_names) and set(inversion_names) <= set(earlier_reconstructions.get(name, {})):
                     member_privacy[name] = {a: r for a, r in done.items() if a in inversion.ATTACKS}
+                    if several:
+                        report["seed_runs"]["privacy"][name] = done
                     reconstructions[name] = earlier_reconstructions[name]
                     dcor[name] = (earlier.get("seed_runs", {}).get("dcor_image_message") or {}).get(
                         name, earlier.get("runs", {}).get(name, {}).get("dcor_image_message"))
@@ -239,11 +243,7 @@ def evaluate(
                 dcor[name] = bias_corrected_dcor2(inv_targets.x, run.messages(inv_targets.x))
                 if several:
                     report["seed_runs"]["privacy"][name] = dict(result, knowledge_levels=inversion.knowledge_levels(result))
-                    report["seed_runs"]["dcor_image_message"] = dcor
                     write_so_far()
-            if several:
-                for name, _ in group:
-                    report["seed_runs"]["privacy"][name] = dict(member_privacy[name], knowledge_levels=inversion.knowledge_levels(member_privacy[name]))
             report["privacy"][group_name] = seeding.aggregate_privacy({m: member_privacy[m] for m, _ in group}, report["runs"][group_name]["seeds"])
             values = [dcor[m] for m, _ in group]
             report["runs"][group_name]["dcor_image_message"] = None if any(v is None for v in values) else sum(values) / len(values)
@@ -260,29 +260,27 @@ def evaluate(
         cache_path = os.path.join(out, "transfer_images.pt")
         cache = torch.load(cache_path, weights_only=True) if resume and os.path.isfile(cache_path) else {}
         cache = {k: tuple(v) for k, v in cache.items()}
-        member_robustness: dict = {}
+        # the times of the runs an earlier call finished, then each run's as it is computed
+        member_robustness: dict = dict(done, results={}) if done else {}
         for name, run in members.items():
             if name in done.get("results", {}):
-                part = dict(done, results={name: done["results"][name]})
-            else:
-                part = robustness.evaluate_robustness(
-                    {name: run}, undefended=undefended, images=rob_targets, attacks=adversarial_names,
-                    settings=robustness.FULL_SETTINGS if full else None, progress=progress, seed=seed, transfer_cache=cache,
-                )
-                torch.save(cache, cache_path)
+                member_robustness["results"][name] = done["results"][name]
+                continue
+            part = robustness.evaluate_robustness(
+                {name: run}, undefended=undefended, images=rob_targets, attacks=adversarial_names,
+                settings=robustness.FULL_SETTINGS if full else None, progress=progress, seed=seed, transfer_cache=cache,
+            )
+            torch.save(cache, cache_path)
             if not member_robustness:
                 member_robustness = dict(part, results={}, seconds=0.0, cpu_seconds=0.0)
             member_robustness["results"][name] = part["results"][name]
-            member_robustness["seconds"] += part.get("seconds", 0.0) if name not in done.get("results", {}) else 0.0
-            member_robustness["cpu_seconds"] += part.get("cpu_seconds", 0.0) if name not in done.get("results", {}) else 0.0
+            member_robustness["seconds"] += part["seconds"]
+            member_robustness["cpu_seconds"] += part["cpu_seconds"]
             if several:
                 report["seed_runs"]["robustness"] = member_robustness
             else:
                 report["robustness"] = member_robustness
             write_so_far()
-        if done:
-            member_robustness["seconds"] += done.get("seconds", 0.0)
-            member_robustness["cpu_seconds"] += done.get("cpu_seconds", 0.0)
         report["robustness"] = dict(member_robustness, results={
             g: seeding.aggregate_robustness({m: member_robustness["results"][m] for m, _ in group}) for g, group in groups.items()
         })

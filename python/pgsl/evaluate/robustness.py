@@ -483,15 +483,14 @@ def evaluate_robustness(
             same_as_undefended = transfer_source is not None and transfer_source.folder == run.folder
             for attack in attacks:
                 results = {}
-                cap = getattr(cfg, attack).images
-                x_all, y_all = x, y
-                x, y = (x_all[:cap], y_all[:cap]) if cap else (x_all, y_all)
+                n = getattr(cfg, attack).images or len(x)  # this attack's targets: the first n
+                xa, ya = x[:n], y[:n]
                 sources = ([("transfer", transfer_source)] if transfer_source is not None else []) + [("adaptive", run)]
                 for setting, source in sources:
                     bar.set_postfix_str(f"{name} {attack} {setting}")
                     seconds = cpu = 0.0
                     key = f"{attack}|{os.path.abspath(source.folder)}"
-                    if setting == "transfer" and key in transfer_cache and len(transfer_cache[key][0]) == len(x):
+                    if setting == "transfer" and key in transfer_cache and len(transfer_cache[key][0]) == len(xa):
                         x_adv, source_accuracy = transfer_cache[key]
                     elif setting == "adaptive" and same_as_undefended and "transfer" in results:
                         results["adaptive"] = dict(results["transfer"], note="the undefended run itself: the same images as transfer")
@@ -503,30 +502,28 @@ def evaluate_robustness(
                         model = RunModel(source, bpda=True, rpca_iters=cfg.adaptive_rpca_iters, eot=eot)
                         with _Timer() as t:
                             x_adv = torch.cat(
-                                [craft(model, attack, xb, yb, getattr(cfg, attack)) for xb, yb in zip(x.split(batch), y.split(batch))]
+                                [craft(model, attack, xb, yb, getattr(cfg, attack)) for xb, yb in zip(xa.split(batch), ya.split(batch))]
                             )
                         seconds, cpu = t.wall, t.cpu
                         source_accuracy = None
-                    correct = _correct(run, x_adv, y, batch)
+                    correct = _correct(run, x_adv, ya, batch)
                     accuracy = _accuracy(correct)
                     if source_accuracy is None:
-                        source_accuracy = accuracy["fused"] if source is run else _accuracies(source, x_adv, y, batch)["fused"]
+                        source_accuracy = accuracy["fused"] if source is run else _accuracies(source, x_adv, ya, batch)["fused"]
                         if setting == "transfer":
                             transfer_cache[key] = (x_adv, source_accuracy)
                     results[setting] = {
                         "source": source.folder,
-                        "images": len(x),
+                        "images": len(xa),
                         "accuracy": accuracy,
-                        "accuracy_ci95": _intervals(accuracy, len(x)),
+                        "accuracy_ci95": _intervals(accuracy, len(xa)),
                         "correct": correct,
                         "source_accuracy": source_accuracy,
-                        "perturbation": _perturbation(x_adv, x),
+                        "perturbation": _perturbation(x_adv, xa),
                         "seconds": seconds,
                         "cpu_seconds": cpu,
                     }
-                    bar.update(len(x))
-                bar.update(len(x_all) - len(x))
-                x, y = x_all, y_all
+                    bar.update(len(x))  # the bar counts every setting as all the targets, capped or not
                 entry["attacks"][attack] = results
             report["results"][name] = entry
     report["seconds"], report["cpu_seconds"] = time.perf_counter() - wall, time.process_time() - cpu_start
