@@ -205,3 +205,24 @@ def test_a_killed_launcher_takes_its_ranks_with_it(tmp_path):
     finally:
         for k in _children(p.pid):
             os.kill(k, signal.SIGKILL)
+
+
+def test_a_client_lost_with_the_server_names_the_server():
+    """When the server dies its clients die too, and a client waiting on another client may see
+    that client's connection break first (CI saw "client 1 (rank 1) is gone" from rank 2): the
+    error names the cause, the server, once the store in it is found gone; a client lost while the
+    store still answers is named itself."""
+    from pgsl.transport import DistributedLink
+
+    link = object.__new__(DistributedLink)
+    link.timeout = 8.0
+    link._store_error = [RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500")]
+    link._store_answered = time.monotonic() - 1
+    e = link._gone(1, "a message", RuntimeError("Connection closed by peer [127.0.0.1]:54487"))
+    assert str(e).startswith("the server (rank 0), which holds the rendezvous store, is gone"), e
+    assert "client 1 (rank 1)" in str(e) and "pair.cc" not in str(e), e
+
+    link._store_error = []
+    link._store_answered = time.monotonic() + 60  # the store answers after the loss
+    e = link._gone(1, "a message", RuntimeError("Connection closed by peer [127.0.0.1]:54487"))
+    assert str(e).startswith("client 1 (rank 1) is gone (while waiting for a message)"), e

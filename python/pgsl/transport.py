@@ -165,8 +165,7 @@ class DistributedLink(Link):
         while not done.wait(0.25):
             now = time.monotonic()
             if self._store_error:
-                e = self._store_error[0]
-                raise PeerError(f"lost the rendezvous store while waiting for {role(peer)} ({what}): {e}")
+                raise self._server_gone(peer, what, self._store_error[0])
             if now - self._store_answered > self.timeout:
                 raise PeerError(
                     f"{role(0)}, which holds the rendezvous store, stopped answering: no reply for {self.timeout:g} s "
@@ -178,16 +177,31 @@ class DistributedLink(Link):
             elif now - last_change > self.timeout:
                 raise PeerError(f"{role(peer)} stopped answering: no heartbeat for {self.timeout:g} s while waiting for {what}")
         if failure:
-            raise PeerError(f"{role(peer)} is gone (while waiting for {what}): {_reason(failure[0])}")
+            raise self._gone(peer, what, failure[0])
+
+    def _server_gone(self, peer: int, what: str, e: Exception) -> PeerError:
+        waited = "" if peer == 0 else f" for {role(peer)}"
+        return PeerError(f"{role(0)}, which holds the rendezvous store, is gone (while waiting{waited} for {what}): {_reason(e)}")
+
+    def _gone(self, peer: int, what: str, e: Exception) -> PeerError:
+        """The error for a connection ``peer`` broke. A client also ends when the server dies, so
+        a client that lost another client first asks the store (in the server) whether it is
+        still there: the server's death is the cause to name, not the client it took down."""
+        if peer != 0:
+            asked, deadline = time.monotonic(), time.monotonic() + min(self.timeout, 5.0)
+            while time.monotonic() < deadline and not self._store_error and self._store_answered <= asked:
+                time.sleep(0.05)
+            if self._store_error:
+                return self._server_gone(peer, what, self._store_error[0])
+        return PeerError(f"{role(peer)} is gone (while waiting for {what}): {_reason(e)}")
 
     # -- messages
-    @staticmethod
-    def _start(op, tensor: Tensor, peer: int, what: str):
+    def _start(self, op, tensor: Tensor, peer: int, what: str):
         """Post a send or receive; a connection the peer already broke fails here, not in wait."""
         try:
             return op(tensor, peer)
         except Exception as e:
-            raise PeerError(f"{role(peer)} is gone (while waiting for {what}): {_reason(e)}") from None
+            raise self._gone(peer, what, e) from None
 
     def send(self, dst: int, kind: str, tensors: Sequence[Tensor] = ()) -> None:
         shapes: List[int] = []
