@@ -13,10 +13,8 @@ for seed in $seeds; do
     if [ -f "$dir/metrics.json" ] && python -c 'import json,sys; m=json.load(open(sys.argv[1])); c=json.load(open(sys.argv[2])); sys.exit(0 if m["epochs"] >= c["epochs"] else 1)' "$dir/metrics.json" "$dir/config.json" 2>/dev/null; then
       echo "done: $dir"; continue
     fi
-    if [ -f "$dir/config.json" ]; then
-      pgsl train --resume "$dir"
-    else
-      pgsl train --defense "$defense" --seed "$seed" --out "$dir"
-    fi
+    resume=()
+    [ -f "$dir/config.json" ] && resume=(--resume)
+    pgsl train --defense "$defense" --seed "$seed" --out "$dir" "${resume[@]}"
   done
 done
