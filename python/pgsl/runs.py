@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import rundir
 from .client import Client
-from .config import Config
+from .config import PGSL_DEFENSES, Config
 from .data import Dataset
 from .errors import ConfigError, RunError
 from .models import client_forward_per_problem, fuse, optimizer
@@ -71,7 +71,7 @@ class Run:
         """The images the client encodes for ``x``: for pgsl its JSMA-attacked images (JSMA is
         deterministic, so those the client already attacked, its validation and test images,
         are looked up instead of attacked again); otherwise ``x`` itself."""
-        if self.defense != "pgsl":
+        if self.defense not in PGSL_DEFENSES:
             return x
         known = {}
         for held in self.client.data.values():
@@ -205,7 +205,7 @@ def restore(folder: str, *, device: str = "cpu", epoch: Optional[int] = None) ->
     if epoch > 0:
         server.load_state(rundir.load_checkpoint(folder, "server", epoch)["server"])
         client.load_state(rundir.load_checkpoint(folder, "client", epoch)["client"])
-    if cfg.defense == "pgsl":
+    if cfg.defense in PGSL_DEFENSES:
         cache_path = os.path.join(folder, "client1_attack.pt")
         if not os.path.exists(cache_path):
             raise RunError(f"--run {folder}: {cache_path} is missing (the client's surrogate and attacked images)")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import rundir
-from .config import PGSL_ARCHITECTURE, Config
+from .config import PGSL_ARCHITECTURE, PGSL_DEFENSES, Config
 from .data import Dataset
 from .defenses import Ops
 from .errors import RunError
@@ -89,7 +89,7 @@ class Server:
             start = time.perf_counter()
             out = self.net(activations)
         else:
-            low_rank = self.low_rank(activations, rpca_iters=rpca_iters) if self.cfg.defense == "pgsl" else activations.detach()
+            low_rank = self.low_rank(activations, rpca_iters=rpca_iters) if self.cfg.defense in PGSL_DEFENSES else activations.detach()
             start = time.perf_counter()
             if bpda:
                 out = self.net(activations, activations + (low_rank - activations).detach(), route_gradients=False)

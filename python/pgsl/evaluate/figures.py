@@ -12,6 +12,8 @@ import torch  # noqa: E402
 
 import pgsl_ext.ops  # noqa: E402
 
+from ..config import PGSL_DEFENSES  # noqa: E402
+
 COLUMNS = 8
 
 
@@ -22,7 +24,7 @@ def reconstruction_grid(runs, targets, reconstructions: Dict[str, Dict[str, torc
     n = min(COLUMNS, len(targets))
     originals = targets.x[:n]
     rows = [("original", originals)]
-    pgsl = next((r for r in runs.values() if r.defense == "pgsl"), None)
+    pgsl = next((r for r in runs.values() if r.defense in PGSL_DEFENSES), None)
     if pgsl is not None:
         with torch.no_grad():
             attacked = pgsl.attack_images(originals)

@@ -78,6 +78,7 @@ from tqdm.auto import tqdm
 
 import pgsl_ext.reference
 
+from ..config import NOISY, PGSL_ARCHITECTURE, PGSL_DEFENSES
 from ..data import Split
 from ..models import ClientNet, client_forward_per_problem
 from ..runs import Run
@@ -138,14 +139,14 @@ class PipelineSpec:
         """The attacker's estimate of the clean image from its optimised variables: the image
         itself, or for pgsl the JSMA undone where the map reveals it (:func:`undo_jsma`)."""
         image = variables[0].detach()
-        if self.defense != "pgsl":
+        if self.defense not in PGSL_DEFENSES:
             return image.clone()
         return undo_jsma(image, variables[1].detach(), self.jsma_theta)
 
     @property
     def unshuffled(self) -> bool:
         """Conv 1 sees the 2x2 unshuffled image and a map channel (pgsl, and its control arch)."""
-        return self.defense in ("pgsl", "arch")
+        return self.defense in PGSL_ARCHITECTURE
 
     @property
     def in_channels(self) -> int:
@@ -155,7 +156,7 @@ class PipelineSpec:
         """The optimised inputs: images near 0.5 and (pgsl) the pooled perturbation map at 0."""
         c, h, w = self.image_shape
         image = (0.5 + 0.01 * torch.randn(n, c, h, w, generator=generator)).requires_grad_(True)
-        if self.defense != "pgsl":
+        if self.defense not in PGSL_DEFENSES:
             return [image]
         return [image, torch.zeros(n, 1, h // 2, w // 2, requires_grad=True)]
 
@@ -163,7 +164,7 @@ class PipelineSpec:
         """Conv 1's input for the optimised variables (plain PyTorch: twice differentiable)."""
         if self.defense == "arch":  # the map is known to be zero
             return pgsl_ext.reference.pixel_unshuffle_concat(variables[0], torch.zeros_like(variables[0][:, :1]), 2)
-        if self.defense != "pgsl":
+        if self.defense not in PGSL_DEFENSES:
             return variables[0]
         image, pooled_map = variables
         # The map enters pooled by 2x2 max; upsampling by repetition and pooling again is exact.
@@ -171,7 +172,7 @@ class PipelineSpec:
 
     def prior(self, variables: Sequence[Tensor], tv: float, map_l1: float) -> Tensor:
         loss = tv * total_variation(variables[0])
-        if self.defense == "pgsl":
+        if self.defense in PGSL_DEFENSES:
             loss = loss + map_l1 * variables[1].abs().mean()
         return loss
 
@@ -381,7 +382,7 @@ class WhiteBoxAttack(InversionAttack):
     def how(self, view: WhiteBoxView) -> str:
         s = self.settings
         extra = (", pooled perturbation map optimised too (L1 %g), then the JSMA undone where the map reveals the clean "
-                 "pixel (undo_jsma)" % s.map_l1 if view.spec.defense == "pgsl" else "")
+                 "pixel (undo_jsma)" % s.map_l1 if view.spec.defense in PGSL_DEFENSES else "")
         return (
             f"white box: the client's trained weights; inputs optimised (Adam, {s.steps} steps, lr {s.lr:g}, "
             f"projected to [0, 1]) to match the intercepted messages in MSE, TV prior {s.tv:g}{extra}"
@@ -465,7 +466,7 @@ class UnSplitAttack(InversionAttack):
 
     def how(self, view: UnSplitView) -> str:
         s, spec = self.settings, view.spec
-        extra = ", pooled perturbation map optimised as a nuisance (L1 %g)" % s.map_l1 if spec.defense == "pgsl" else ""
+        extra = ", pooled perturbation map optimised as a nuisance (L1 %g)" % s.map_l1 if spec.defense in PGSL_DEFENSES else ""
         rounds = f"{s.rounds} rounds of {s.input_steps} input steps at lr {s.lr:g} and {s.model_steps} model steps at lr {s.model_lr:g}"
         return "; ".join([
             "UnSplit: no client weights",
@@ -597,8 +598,8 @@ class GradientLeakageAttack(InversionAttack):
 
     def how(self, view: DLGView) -> str:
         s, spec = self.settings, view.spec
-        extra = ", pooled perturbation map optimised too, then the JSMA undone where the map reveals the clean pixel" if spec.defense == "pgsl" else ""
-        noise = "; the victim's gradient is taken at its noisy message, the attacker's dummies are noise-free" if spec.defense == "noise" else ""
+        extra = ", pooled perturbation map optimised too, then the JSMA undone where the map reveals the clean pixel" if spec.defense in PGSL_DEFENSES else ""
+        noise = "; the victim's gradient is taken at its noisy message, the attacker's dummies are noise-free" if spec.defense in NOISY else ""
         weights = "before the first step (the run's initial weights, rebuilt from its seed)" if s.weights == "initial" else "at the run's final weights"
         if s.optimizer == "adam":
             method = (
@@ -790,7 +791,7 @@ class TurnLeakageAttack(GradientLeakageAttack):
         s, spec = self.settings, view.spec
         n = len(view.batches[0][1])
         weights = "the run's initial weights" if s.weights == "initial" else "the run's final weights (a ring in its next epoch)"
-        extra = ", pooled perturbation map optimised too, then the JSMA undone where the map reveals the clean pixel" if spec.defense == "pgsl" else ""
+        extra = ", pooled perturbation map optimised too, then the JSMA undone where the map reveals the clean pixel" if spec.defense in PGSL_DEFENSES else ""
         return (
             f"realistic gradient leakage: the next client in the ring, colluding with the server, receives the client state "
             f"after the victim's turn of one step on {n} images at {weights} and reads the batch's gradient off Adam's first "
@@ -902,7 +903,7 @@ def evaluate_privacy(
 
     references = (
         "metrics_vs_clean: against the clean target images; metrics_vs_encoded: against the image the client encoded "
-        + ("(its JSMA-attacked image)" if run.defense == "pgsl" else "(the clean image itself: the same numbers)")
+        + ("(its JSMA-attacked image)" if run.defense in PGSL_DEFENSES else "(the clean image itself: the same numbers)")
     )
     mean_image = aux.x.mean(0, keepdim=True)
 

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 import pgsl_ext.ops
 
+from ..config import PGSL_DEFENSES
 from ..data import Split
 from ..runs import Run
 from . import settings as st
@@ -130,7 +131,7 @@ def sweep_mu(run: Run, images: Split, *, settings=None, progress: bool = True) -
     op = "sweep_mu"
     if not isinstance(run, Run):
         raise TypeError(f"{op}: expected `run` to be a pgsl.runs.Run, got {type(run).__name__}")
-    if run.defense != "pgsl" or run.client.surrogate is None:
+    if run.defense not in PGSL_DEFENSES or run.client.surrogate is None:
         raise ValueError(f"{op}: expected `run` to be a --defense pgsl run (it needs the client's JSMA surrogate), got --defense {run.defense} ({run.folder})")
     if not isinstance(images, Split):
         raise TypeError(f"{op}: expected `images` to be a pgsl.data.Split, got {type(images).__name__}")

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from ..data import Split
-from ..config import SEED_LIMIT
+from ..config import NOISY, PGSL_DEFENSES, SEED_LIMIT
 from ..errors import RunError
 from ..rundir import git_commit, versions
 from ..runs import Run, restore
@@ -81,7 +81,7 @@ def _split_test(run: Run, n_targets: int) -> tuple[Split, Split]:
 
 
 def _name(run: Run, names: Dict[str, int]) -> str:
-    base = run.cfg.defense if run.cfg.defense != "noise" else f"noise({run.cfg.noise_scale:g})"
+    base = run.cfg.defense if run.cfg.defense not in NOISY else f"{run.cfg.defense}({run.cfg.noise_scale:g})"
     if run.cfg.defense == "nopeek":
         base = f"nopeek({run.cfg.nopeek_weight:g})"
     names[base] = names.get(base, 0) + 1
@@ -137,7 +137,7 @@ def evaluate(
     datas = {r.cfg.data for _, r in named}
     if len(datas) > 1:
         raise RunError(f"--compare: the runs were trained on different data ({', '.join(sorted(datas))}); compare runs of one dataset")
-    if "musweep" in evaluations and not any(r.defense == "pgsl" for _, r in named):
+    if "musweep" in evaluations and not any(r.defense in PGSL_DEFENSES for _, r in named):
         raise RunError("--attacks musweep: the mu sweep needs a --defense pgsl run among the runs")
     # Runs differing only in their seed are one entry; each is evaluated, then they are pooled.
     groups = seeding.group_runs(named)
@@ -290,7 +290,7 @@ def evaluate(
     reference = next((g for g, group in groups.items() if group[0][1].defense == "none"), None)
     if reference is not None and ("privacy" in report or "robustness" in report):
         report["comparisons"] = {"reference": reference, "runs": seeding.compare(report, reference)}
-    pgsl_runs = [r for r in runs.values() if r.defense == "pgsl"]
+    pgsl_runs = [r for r in runs.values() if r.defense in PGSL_DEFENSES]
     if "musweep" in evaluations and pgsl_runs:
         report["mu_sweep"] = earlier.get("mu_sweep") or mu_sweep.sweep_mu(pgsl_runs[0], targets, progress=progress)
     # The numbers and the reconstructions first: a figure that fails must not lose the run.

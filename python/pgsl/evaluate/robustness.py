@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 import pgsl_ext.attacks
 
+from ..config import NOISY
 from ..data import Split
 from ..runs import Run
 from . import settings as st
@@ -498,7 +499,7 @@ def evaluate_robustness(
                         bar.update(len(x))
                         continue
                     else:
-                        eot = cfg.eot_samples if source.defense == "noise" else 1
+                        eot = cfg.eot_samples if source.defense in NOISY else 1
                         model = RunModel(source, bpda=True, rpca_iters=cfg.adaptive_rpca_iters, eot=eot)
                         with _Timer() as t:
                             x_adv = torch.cat(
