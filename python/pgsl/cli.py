@@ -1,4 +1,4 @@
-"""The ``pgsl`` command: ``pgsl train`` and ``pgsl evaluate``.
+"""The ``pgsl`` command: ``pgsl train``, ``pgsl evaluate`` and ``pgsl sweep``.
 
 Bad options and unusable files end with one line, ``pgsl <command>: error: ...``, naming the
 option or file, and exit code 2 (1 for a peer that failed during the run). Anything else is a
@@ -64,6 +64,39 @@ def _train(args, argv: Sequence[str]) -> int:
     return 0
 
 
+SWEEP_HELP = "defences swept over their strength and seeds: the privacy-utility frontier"
+SWEEP_DESCRIPTION = (
+    "Train and evaluate every point of a plan (a JSON file naming seeds, training and evaluation settings, and each "
+    "defence with the option it is swept over), one run folder per point under OUT/points, then merge whatever "
+    "points exist into OUT/frontier.json, frontier.md, summary.json and frontier.png. Resumable: a finished point is "
+    "never redone, an interrupted one is redone. --shard K/N computes every N-th point from the K-th (one task of a "
+    "scheduler's array job each; all sharing OUT), --jobs N runs N points at once on this machine."
+)
+
+
+def _sweep_arguments(p) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("plan", nargs="?", metavar="PLAN", help="the plan (JSON); see results/*/plan.json")
+    which.add_argument("--quick", action="store_true", help="the built-in pipeline check CI runs (2 strengths per defence, "
+                       "1 seed, 512 digits, 1 epoch): not a result")
+    p.add_argument("--out", required=True, help="the sweep's folder (points, frontier, plan.json)")
+    p.add_argument("--shard", metavar="K/N", default=None, help="compute only every N-th point, from the K-th (K from 1)")
+    p.add_argument("--jobs", type=config._integer, default=1, help="points computed at once on this machine")
+    p.add_argument("--merge", action="store_true", help="compute nothing; merge the points that exist")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _sweep(args, argv: Sequence[str]) -> int:
+    from . import sweep
+
+    plan = sweep.QUICK_PLAN if args.quick else sweep.load_plan(args.plan)
+    summary = sweep.sweep(plan, args.out, shard_spec=args.shard, jobs=args.jobs, merge_only=args.merge, progress=args.progress)
+    counts = ", ".join(f"{v} {k}" for k, v in summary["counts"].items() if v) or "nothing to do"
+    print(f"pgsl sweep: {counts}; {summary['points']} of {summary['of']} points merged into "
+          f"{os.path.join(args.out, 'frontier.md')} (and frontier.json, summary.json, frontier.png)")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack (diagnosing a stuck rank)
         try:
@@ -82,6 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .evaluate import command as evaluate
 
     _add_command(sub, "evaluate", evaluate.HELP, evaluate.DESCRIPTION, evaluate.add_arguments, evaluate.run)
+    _add_command(sub, "sweep", SWEEP_HELP, SWEEP_DESCRIPTION, _sweep_arguments, _sweep)
     args = parser.parse_args(argv)
     command = f"pgsl {args.command}"
     try:

@@ -1,4 +1,5 @@
-"""PNG figures of a run (training curves) and of an evaluation report; matplotlib, headless."""
+"""PNG figures of a run (training curves) and of a sweep (the privacy-utility frontier); matplotlib,
+headless. An evaluation report's figures are in :mod:`pgsl.evaluate.figures`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["training_curves"]
+__all__ = ["frontier", "training_curves"]
 
 
 def training_curves(metrics: dict, path: str) -> None:
@@ -37,6 +38,55 @@ def training_curves(metrics: dict, path: str) -> None:
     right.set_xticks(epochs)
     right.grid(alpha=0.3)
     right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def frontier(summary: dict, path: str) -> None:
+    """Accuracy against privacy, one panel per knowledge level: per defence a curve through its
+    strengths (mean over seeds; bands: the 95 % intervals of accuracy, bars: of PSNR), the
+    undefended reference as a star and the mean auxiliary image's PSNR as a dashed line (left of
+    it, the attack recovered nothing it could not guess)."""
+    levels = []
+    for curve in summary["curves"]:
+        for row in curve["rows"]:
+            for lv in row["levels"]:
+                if lv["level"] not in levels:
+                    levels.append(lv["level"])
+    fig, axes = plt.subplots(1, len(levels), figsize=(5.2 * len(levels), 4.4), squeeze=False)
+    for ax, level in zip(axes[0], levels):
+        for i, curve in enumerate(c for c in summary["curves"] if c["option"] is not None):
+            pts = [(row, next(lv for lv in row["levels"] if lv["level"] == level)) for row in curve["rows"]
+                   if any(lv["level"] == level for lv in row["levels"])]
+            if not pts:
+                continue
+            pts.sort(key=lambda p: p[1]["psnr"])
+            x = [lv["psnr"] for _, lv in pts]
+            y = [row["accuracy"] for row, _ in pts]
+            xerr = [[lv["psnr"] - lv["psnr_ci95"][0] for _, lv in pts], [lv["psnr_ci95"][1] - lv["psnr"] for _, lv in pts]]
+            colour = f"C{i}"
+            ax.errorbar(x, y, xerr=xerr, fmt="o-", color=colour, ms=4, lw=1.2, capsize=2,
+                        label=f"{curve['defense']} ({curve['option']})")
+            if all(row["accuracy_ci95"] for row, _ in pts):
+                ax.fill_between(x, [row["accuracy_ci95"][0] for row, _ in pts], [row["accuracy_ci95"][1] for row, _ in pts],
+                                color=colour, alpha=0.15, lw=0)
+            for (row, lv) in pts:
+                ax.annotate(f"{row['strength']:g}", (lv["psnr"], row["accuracy"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points", color=colour)
+        ref = summary.get("reference")
+        if ref:
+            lv = next((x for x in ref["levels"] if x["level"] == level), None)
+            if lv:
+                ax.plot([lv["psnr"]], [ref["accuracy"]], "k*", ms=12, label="no defence")
+        if summary.get("baseline_psnr") is not None:
+            ax.axvline(summary["baseline_psnr"], color="grey", ls="--", lw=1, label="mean auxiliary image")
+        ax.set_title(level, fontsize=10)
+        ax.set_xlabel("best attack's PSNR vs the clean image (dB; lower = more private)")
+        ax.set_ylabel("test accuracy (decision)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"privacy-utility frontier: {summary['plan']} ({summary['points']} of {summary['of']} points)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
