@@ -11,7 +11,7 @@ from pgsl import models
 from pgsl.defenses import distance_correlation
 from pgsl.server import Server
 from pgsl.config import Config
-from pgsl.errors import PgslError, RunError
+from pgsl.errors import ConfigError, PgslError, RunError
 from pgsl.runs import restore
 from pgsl.train import train
 from pgsl.transport import LocalHub
@@ -22,7 +22,7 @@ import pgsl_ext.ops
 def tiny(tmp_path, name="run", **kw) -> Config:
     """A run small enough for CI: 128 training images, 64 validation and test images."""
     base = dict(out=str(tmp_path / name), epochs=1, batch_size=32, train_subset=128, eval_subset=64, progress=False)
-    if kw.get("defense", "pgsl") == "pgsl":
+    if kw.get("defense", "pgsl") in ("pgsl", "pgsl+noise"):
         base.update(rpca_iters=5, surrogate_epochs=1)
     base.update(kw)
     return Config(**base)
@@ -200,6 +200,25 @@ def test_architecture_control_runs_pgsl_nets_without_its_defence(tmp_path):
     torch.testing.assert_close(run.client.net_input(x), pgsl_ext.ops.pixel_unshuffle_concat(x, torch.zeros_like(x), 2))
     logits = run.server.logits(run.messages(x))
     assert set(logits) == {"attacked", "fusion", "recovered"} and run.server.rpca_matrices == 0
+
+
+def test_pgsl_plus_noise_is_pgsl_with_noisy_messages(tmp_path):
+    """--defense pgsl+noise (the sweep's combination): PGSL's pipeline (JSMA cache, rpca, three
+    streams) with the noise defence's Laplacian noise on what the client sends; at noise scale 0
+    it is PGSL bit for bit."""
+    pgsl = train(tiny(tmp_path, "pgsl"))
+    off = train(tiny(tmp_path, "off", defense="pgsl+noise", noise_scale=0.0))
+    on = train(tiny(tmp_path, "on", defense="pgsl+noise", noise_scale=1.0))
+    assert off["history"][0]["train_loss_trace"] == pgsl["history"][0]["train_loss_trace"]
+    assert off["test_correct"] == pgsl["test_correct"] and len(pgsl["test_correct"]) == 64
+    assert on["history"][0]["train_loss_trace"] != pgsl["history"][0]["train_loss_trace"]
+    assert "rpca" in on and set(on["stream_accuracy"]) == {"attacked", "fusion", "recovered"}
+    run = restore(str(tmp_path / "on"))
+    x = run.dataset.test.x[:4]
+    assert run.client.net[0][0].in_channels == 5 and not torch.equal(run.encoded_images(x), x)
+    assert not torch.equal(run.messages(x), run.messages(x)), "each message draws fresh noise"
+    with pytest.raises(ConfigError, match="--noise-scale: acts on --defense noise or pgsl\\+noise only"):
+        tiny(tmp_path, "bad", defense="pgsl", noise_scale=2.0).check()
 
 
 def test_restore_epoch_0_rebuilds_the_weights_training_started_from(tmp_path, monkeypatch):
