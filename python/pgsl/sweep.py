@@ -49,8 +49,8 @@ __all__ = ["QUICK_PLAN", "Point", "load_plan", "check_plan", "points", "shard", 
 
 # What the sweep sets itself, per point; a plan may not.
 _SWEEP_SETS = ("defense", "seed", "out", "resume", "distributed", "progress")
-_EVALUATE_KEYS = {"attacks": "--attacks", "images": "--images", "robust_images": "--robust-images", "full": "--full",
-                  "seed": "--seed"}
+# The frontier's privacy: pgsl evaluate's inversion attacks (accuracy is the run's own test accuracy).
+_EVALUATE_KEYS = {"attacks": "--attacks", "images": "--images", "full": "--full", "seed": "--seed"}
 _PLAN_KEYS = ("name", "description", "seeds", "train", "evaluate", "defenses", "table2")
 
 # The plan CI runs end to end (``pgsl sweep --quick``): two strengths per defence, one seed, a
@@ -155,7 +155,7 @@ def check_plan(plan, where: str = "plan") -> None:
     if not isinstance(attacks, list) or not attacks or any(a not in inversion.ATTACKS for a in attacks):
         raise ConfigError(f"{where}: 'evaluate.attacks' must be a non-empty list drawn from {list(inversion.ATTACKS)} "
                           f"(the frontier's privacy), got {attacks!r}")
-    for key in ("images", "robust_images", "seed"):
+    for key in ("images", "seed"):
         v = evaluate.get(key, 1)
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "seed" else 1):
             raise ConfigError(f"{where}: 'evaluate.{key}' must be an integer >= {0 if key == 'seed' else 1}, got {v!r}")
