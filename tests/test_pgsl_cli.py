@@ -35,7 +35,7 @@ def test_console_script_help_lists_every_option():
         (["--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
         (["--defense", "dp"], "argument --defense: invalid choice: 'dp'"),
         (["--fusion-weights", "1,2"], "argument --fusion-weights: expected three comma-separated numbers"),
-        (["--data", "cifar10"], "--data: expected 'mnist5k', 'mnist:DIR' or 'mias:DIR', got 'cifar10'"),
+        (["--data", "cifar10"], "--data: expected 'mnist5k', 'mnist:DIR', 'mias:DIR' or 'saved:FILE', got 'cifar10'"),
         (["--data", "mias:/nonexistent/folder"], "--data mias:/nonexistent/folder: no such directory"),
         (["--data", "mnist:/nonexistent/folder"], "--data mnist:/nonexistent/folder: no such directory"),
         (["--mu", "nan"], "--mu: expected a number > 0, got nan"),
