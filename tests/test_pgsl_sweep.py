@@ -294,6 +294,46 @@ def test_table2_rows_with_the_paper_beside_ours(tmp_path):
     assert claims["pgsl_minus_dlg"]["ours"] == pytest.approx(65.0)
 
 
+def test_a_table2_unit_whose_undefended_point_was_computed_elsewhere_trains_it_again(tmp_path, monkeypatch):
+    """A sweep kept in git holds each point's point.json only: a Table 2 unit must not read a
+    run folder that is not there, but train the undefended model again inside the unit."""
+    from pgsl import table2
+
+    out, plan = str(tmp_path), _t2_plan()
+    sweep._write_plan(plan, out)
+    unit = table2.units(plan)[0]
+    source = sweep.Point("none", None, None, unit.seed)
+    _fake_point(out, plan, source, 0.95, 30.0)  # done, but no run beside its point.json
+    calls = []
+
+    def fake_run(argv, log, threads):
+        calls.append(argv)
+        if argv[0] == "train":
+            target = argv[argv.index("--out") + 1]
+            os.makedirs(target)
+            with open(os.path.join(target, "metrics.json"), "w") as f:
+                json.dump({"test_accuracy": 0.5, "test_correct": "10"}, f)
+
+    monkeypatch.setattr(sweep, "_run_logged", fake_run)
+    assert sweep._compute_unit(plan, unit, out, 1) == "computed"
+    folder = os.path.join(out, "table2", unit.name)
+    retrain, craft, train = calls
+    assert retrain[0] == "train" and retrain[retrain.index("--out") + 1] == os.path.join(folder, "source")
+    assert retrain[retrain.index("--defense") + 1] == "none" and retrain[retrain.index("--seed") + 1] == str(unit.seed)
+    assert craft[:2] == ["-m", "pgsl.table2"] and craft[3] == os.path.join(folder, "source")
+    assert train[0] == "train"
+    done = json.load(open(os.path.join(folder, "point.json")))
+    assert done["source"].startswith("the undefended point's training, run again")
+    # with the undefended point's run present, the unit uses it
+    calls.clear()
+    os.makedirs(os.path.join(out, "points", source.name, "run"))
+    with open(os.path.join(out, "points", source.name, "run", "metrics.json"), "w") as f:
+        json.dump({"test_accuracy": 0.95}, f)
+    other = table2.units(plan)[1]
+    assert sweep._compute_unit(plan, other, out, 1) == "computed"
+    assert [c[0] for c in calls] == ["-m", "train"] and calls[0][3] == os.path.join(out, "points", source.name, "run")
+
+
 def test_a_saved_dataset_round_trips_and_a_bad_one_is_named(tmp_path):
     import torch
     from pgsl import data

@@ -14,7 +14,9 @@ defences with the option each is swept over::
 
 Each point is a folder ``OUT/points/<defense>-<option>-<strength>-s<seed>`` holding its run, its
 evaluation, their logs and ``point.json``, written last: a point with ``point.json`` is done and
-never redone; one without it was interrupted and is redone from scratch. A point being computed
+never redone; one without it was interrupted and is redone from scratch. ``point.json`` alone is
+what the merge reads, so a sweep kept in git holds only those files (the runs are rebuilt where
+needed: a Table 2 unit whose undefended point has no run here trains it again). A point being computed
 by another process (its lock is held) is left to it. ``--shard K/N`` computes every N-th point
 from the K-th, so a scheduler's array job (``sbatch --array=1-N``) spreads a plan over machines
 sharing OUT; ``--jobs N`` runs N points at once on one machine, each with its share of the cores.
@@ -388,16 +390,23 @@ def _compute_unit(plan: dict, unit: "table2.Unit", out: str, threads: int) -> st
     trained on them."""
     source = Point("none", None, None, unit.seed)
     _compute(plan, source, out, threads, wait=True)
-    source_run = os.path.join(out, "points", source.name, "run")
+    point_run = os.path.join(out, "points", source.name, "run")
 
     def work(folder: str) -> dict:
         images, run = os.path.join(folder, "images.pt"), os.path.join(folder, "run")
+        source_run = point_run
+        if not os.path.isfile(os.path.join(point_run, "metrics.json")):
+            # the undefended point was computed elsewhere and only its point.json kept (a sweep
+            # committed to git, or another machine's): its model is trained again, here
+            source_run = os.path.join(folder, "source")
+            _run_logged(_train_argv(plan, source, source_run), os.path.join(folder, "source.log"), threads)
         _run_logged(["-m", "pgsl.table2", os.path.join(out, "plan.json"), source_run, unit.row, str(unit.seed),
                      str(unit.train_images), str(unit.test_images), images], os.path.join(folder, "images.log"), threads)
         _run_logged(table2.train_argv(plan, unit, images, run), os.path.join(folder, "train.log"), threads)
         with open(os.path.join(run, "metrics.json")) as f:
             metrics = json.load(f)
-        return dict(**dataclasses.asdict(unit), accuracy=float(metrics["test_accuracy"]), test_correct=metrics.get("test_correct"))
+        return dict(**dataclasses.asdict(unit), accuracy=float(metrics["test_accuracy"]), test_correct=metrics.get("test_correct"),
+                    source="the undefended point's run" if source_run == point_run else "the undefended point's training, run again in this unit")
 
     return _once(os.path.join(out, "table2", unit.name), table2.spec(plan, unit), work)
 
