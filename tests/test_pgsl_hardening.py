@@ -295,6 +295,28 @@ def test_evaluate_refuses_empty_or_mistyped_requests(finished, tmp_path):
     assert not os.path.exists(out)
 
 
+def test_the_default_evaluations_are_those_that_apply_to_the_runs(finished):
+    # without --attacks, a report of baselines only (no pgsl run) leaves out rpca's mu sweep
+    # instead of refusing the whole evaluation; asked for by name, it is still refused (above)
+    from types import SimpleNamespace
+
+    from pgsl.evaluate.report import EVALUATIONS, default_evaluations
+
+    baseline = restore(str(finished))
+    assert baseline.defense == "none"
+    assert default_evaluations([baseline]) == [e for e in EVALUATIONS if e != "musweep"]
+    for defense in ("pgsl", "pgsl+noise"):
+        assert default_evaluations([baseline, SimpleNamespace(defense=defense)]) == list(EVALUATIONS)
+    # the command line's default is that list, not the whole registry
+    import argparse
+
+    from pgsl.evaluate.command import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--run", str(finished)]).attacks is None
+
+
 def test_an_interrupted_evaluation_keeps_what_finished_and_resumes_to_the_same_report(finished, tmp_path, monkeypatch):
     from pgsl.evaluate import robustness
 

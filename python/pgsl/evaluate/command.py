@@ -21,7 +21,8 @@ def add_arguments(p) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", metavar="DIR", help="one run folder written by pgsl train")
     which.add_argument("--compare", metavar="DIR", nargs="+", help="several run folders (same data) in one report")
-    p.add_argument("--attacks", default=",".join(EVALUATIONS), help="comma-separated subset of " + ", ".join(EVALUATIONS))
+    p.add_argument("--attacks", default=None, help="comma-separated subset of " + ", ".join(EVALUATIONS)
+                   + " (default: every one that applies to the runs; musweep needs a pgsl run)")
     p.add_argument("--out", default=None, help="report folder (default: RUN/evaluation, or runs/compare)")
     p.add_argument("--images", type=int, default=64, help="reconstruction targets per attack")
     p.add_argument("--robust-images", type=int, default=None,
@@ -38,7 +39,7 @@ def add_arguments(p) -> None:
 def run(args, argv) -> int:
     folders = [args.run] if args.run else args.compare
     out = args.out or (os.path.join(args.run, "evaluation") if args.run else os.path.join("runs", "compare"))
-    evaluations = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    evaluations = None if args.attacks is None else [a.strip() for a in args.attacks.split(",") if a.strip()]
     report = evaluate(folders, out=out, evaluations=evaluations, images=args.images, robust_images=args.robust_images,
                       full=args.full, seed=args.seed, progress=args.progress, resume=args.resume)
     print(f"pgsl evaluate: {report['seconds']:.0f} s; report in {os.path.join(out, 'report.md')} (and report.json, PNG figures)")

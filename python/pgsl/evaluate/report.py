@@ -33,7 +33,7 @@ from ..rundir import git_commit, versions
 from ..runs import Run, restore
 from . import inversion, mu_sweep, robustness, seeds as seeding
 
-__all__ = ["evaluate", "markdown", "EVALUATIONS", "PAPER"]
+__all__ = ["default_evaluations", "evaluate", "markdown", "EVALUATIONS", "PAPER"]
 
 # The research protocol's robustness targets (``--full``; the default is robustness.DEFAULT_IMAGES).
 FULL_ROBUST_IMAGES = 500
@@ -93,11 +93,18 @@ def _name(run: Run, names: Dict[str, int]) -> str:
     return base if names[base] == 1 else f"{base}#{names[base]}"
 
 
+def default_evaluations(runs: Sequence[Run]) -> List[str]:
+    """What ``pgsl evaluate`` runs when ``--attacks`` is not given: every evaluation of
+    :data:`EVALUATIONS` that applies to ``runs``; rpca's mu sweep needs a pgsl run among them."""
+    pgsl = any(r.defense in PGSL_DEFENSES for r in runs)
+    return [e for e in EVALUATIONS if e != "musweep" or pgsl]
+
+
 def evaluate(
     folders: Sequence[str],
     *,
     out: str,
-    evaluations: Sequence[str] = EVALUATIONS,
+    evaluations: Optional[Sequence[str]] = None,
     images: int = 64,
     robust_images: Optional[int] = None,
     full: bool = False,
@@ -106,6 +113,9 @@ def evaluate(
     resume: bool = False,
 ) -> dict:
     """Evaluate the runs in ``folders`` and write the report into ``out``; returns report.json's dict.
+
+    ``evaluations``: names from :data:`EVALUATIONS`; ``None``, every one that applies to the runs
+    (:func:`default_evaluations`: the mu sweep only with a pgsl run among them).
 
     The report is written as each part finishes (every run's privacy, robustness, the mu sweep);
     ``resume=True`` keeps the parts an earlier, interrupted call with the same runs and protocol
@@ -119,9 +129,9 @@ def evaluate(
         raise RunError("--run / --compare: expected at least one run folder")
     if isinstance(evaluations, str):
         evaluations = [e.strip() for e in evaluations.split(",") if e.strip()]
-    if not evaluations:
+    if evaluations is not None and not evaluations:
         raise RunError(f"--attacks: expected some of {', '.join(EVALUATIONS)}, got none")
-    unknown = [e for e in evaluations if e not in EVALUATIONS]
+    unknown = [e for e in evaluations or () if e not in EVALUATIONS]
     if unknown:
         raise RunError(f"--attacks: unknown {', '.join(map(str, unknown))}; expected some of {', '.join(EVALUATIONS)}")
     for option, value in (("--images", images), ("--robust-images", robust_images)):
@@ -142,6 +152,8 @@ def evaluate(
     datas = {r.cfg.data for _, r in named}
     if len(datas) > 1:
         raise RunError(f"--compare: the runs were trained on different data ({', '.join(sorted(datas))}); compare runs of one dataset")
+    if evaluations is None:
+        evaluations = default_evaluations([r for _, r in named])
     if "musweep" in evaluations and not any(r.defense in PGSL_DEFENSES for _, r in named):
         raise RunError("--attacks musweep: the mu sweep needs a --defense pgsl run among the runs")
     # Runs differing only in their seed are one entry; each is evaluated, then they are pooled.
