@@ -154,7 +154,7 @@ def evaluate(
         raise RunError(f"--compare: the runs were trained on different data ({', '.join(sorted(datas))}); compare runs of one dataset")
     if evaluations is None:
         evaluations = default_evaluations([r for _, r in named])
-    if "musweep" in evaluations and not any(r.defense in PGSL_DEFENSES for _, r in named):
+    if "musweep" in evaluations and "musweep" not in default_evaluations([r for _, r in named]):
         raise RunError("--attacks musweep: the mu sweep needs a --defense pgsl run among the runs")
     # Runs differing only in their seed are one entry; each is evaluated, then they are pooled.
     groups = seeding.group_runs(named)
