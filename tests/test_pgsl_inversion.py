@@ -139,7 +139,7 @@ def privacy(tiny_run):
         "decoder": {"epochs": 20},
         "whitebox": {"steps": 60, "images": 4},
         "unsplit": {"images": 4},  # default budget: 3 restarts of 100 rounds
-        "dlg": {"batches": 4, "restarts": 4},  # 4 images, the default restarts (600 steps each)
+        "dlg": {"batches": 4, "restarts": 4},  # 4 images, 4 restarts (600 steps each, the default)
         "dlg_turn": {"images": 4, "iterations": 50},
     }
     return evaluate_privacy(run, targets, aux, settings=settings, classifier=classifier, progress=False)

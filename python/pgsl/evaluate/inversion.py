@@ -416,7 +416,7 @@ class UnSplitSettings:
     on the stand-in (``model_lr``); loss = activation MSE + ``tv`` x total variation (+
     ``map_l1`` x |map| for pgsl)."""
 
-    images: int = st.setting(16, st.INTEGER)
+    images: int = st.setting(8, st.INTEGER)
     restarts: int = st.setting(3, st.POSITIVE_INTEGER)
     rounds: int = st.setting(100, st.INTEGER)
     input_steps: int = st.setting(5, st.INTEGER)
@@ -562,7 +562,7 @@ class DLGSettings:
 
     batch_size: int = st.setting(1, (lambda v: st.is_integer(v) and 1 <= v <= 8, "1 to 8 images"))
     batches: int = st.setting(2, st.POSITIVE_INTEGER)
-    restarts: int = st.setting(4, st.POSITIVE_INTEGER)
+    restarts: int = st.setting(2, st.POSITIVE_INTEGER)
     iterations: int = st.setting(600, st.POSITIVE_INTEGER)
     lr: float = st.setting(0.03, st.NON_NEGATIVE)
     tv: float = st.setting(0.05, st.NON_NEGATIVE)
