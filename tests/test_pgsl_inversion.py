@@ -385,3 +385,40 @@ def test_client_forward_per_problem_runs_each_problem_on_its_own_net():
         client_forward_per_problem(nets[0].train(), params, x, 3)
     with pytest.raises(ValueError, match="do not split"):
         client_forward_per_problem(nets[0].eval(), params, x[:5], 3)
+
+
+def _scaled_client(noise: float):
+    """A client whose messages are 1000 x a fixed random conv of the image (+ Laplace noise of
+    scale 1000 x ``noise``): the scale the noise defence gives its messages at strong noise."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+    laplace = torch.distributions.Laplace(0.0, 1.0)
+
+    def query(x):
+        with torch.no_grad():
+            clean = 1000.0 * conv(x)
+            return clean + 1000.0 * noise * laplace.sample(clean.shape) if noise else clean
+
+    return query
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.3])
+def test_the_decoder_reads_messages_of_any_scale_and_fresh_noise_draws(noise):
+    """Messages of a large scale (strong noise) saturated the decoder's first layers, so it ended
+    below the mean auxiliary image (9.5 dB against 11.7 at noise scale 10); it standardises them
+    with its queries' statistics and, against a random client, trains on several draws."""
+    from pgsl.evaluate.inversion import DecoderAttack, DecoderSettings, DecoderView
+
+    digits = _digits(432)
+    aux, targets = digits.x[:400], digits.x[400:]
+    query = _scaled_client(noise)
+    attack = DecoderAttack(DecoderSettings(epochs=10))
+    draws = attack.query_draws(query, aux[:8])
+    assert len(draws) == (4 if noise else 1)
+    assert all(not torch.equal(a, b) for a, b in zip(draws, draws[1:]))
+    estimate = attack.reconstruct(DecoderView(query(targets), query, aux), generator=torch.Generator().manual_seed(0),
+                                  progress=False)
+    mean_image = aux.mean(0, keepdim=True).expand_as(targets)
+    psnr = reconstruction_metrics(estimate, targets)["psnr"]
+    floor = reconstruction_metrics(mean_image, targets)["psnr"]
+    assert psnr > floor + 2.0, (psnr, floor)

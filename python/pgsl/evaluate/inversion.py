@@ -277,10 +277,14 @@ class InversionAttack:
 @dataclass
 class DecoderSettings:
     """``images``: targets reconstructed (0: all); ``aux_images``: auxiliary images queried
-    (0: all); the decoder is trained for ``epochs`` with Adam (``lr``, ``batch_size``)."""
+    (0: all); the decoder is trained for ``epochs`` with Adam (``lr``, ``batch_size``). Against a
+    client whose messages are random (two queries of the same images differ, e.g. the noise
+    defence), the auxiliary images are queried ``draws`` times and the epochs cycle through the
+    draws (fresh noise: more pairs, the conditional mean instead of one draw's noise)."""
 
     images: int = st.setting(0, st.INTEGER)
     aux_images: int = st.setting(0, st.INTEGER)
+    draws: int = st.setting(4, st.POSITIVE_INTEGER)
     epochs: int = st.setting(30, st.POSITIVE_INTEGER)
     batch_size: int = st.setting(32, st.POSITIVE_INTEGER)
     lr: float = st.setting(2e-3, st.NON_NEGATIVE)
@@ -294,16 +298,25 @@ class DecoderView:
     aux_images: Tensor  # (M, C, H, W)
 
 
-class Decoder(nn.Sequential):
-    """Transposed convolutions from the wire ``(B, A, h, w)`` to images ``(B, C, H, W)``: one 4x4
-    stride-2 layer per factor 2 of ``H / h``, then three 3x3 layers; sigmoid output."""
+class Decoder(nn.Module):
+    """Transposed convolutions from the wire ``(B, A, h, w)`` to images ``(B, C, H, W)``: the
+    messages standardised per channel with the attacker's own statistics (``mean``, ``std``,
+    ``(1, A, 1, 1)``, from its queries: without it, messages of a large scale, e.g. under strong
+    noise, saturate the first layers and the decoder ends below the mean image), one 4x4 stride-2
+    layer per factor 2 of ``H / h``, then three 3x3 layers; sigmoid output."""
 
-    def __init__(self, wire_channels: int, image_channels: int, upsample: int, width: int):
+    def __init__(self, wire_channels: int, image_channels: int, upsample: int, width: int, mean: Tensor, std: Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
         layers: List[nn.Module] = [nn.ConvTranspose2d(wire_channels, width, 3, padding=1), nn.ReLU()]
         for _ in range(int(round(math.log2(upsample)))):
             layers += [nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), nn.ReLU()]
         layers += [nn.ConvTranspose2d(width, width, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(width, image_channels, 3, padding=1), nn.Sigmoid()]
-        super().__init__(*layers)
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, messages: Tensor) -> Tensor:
+        return self.body((messages - self.mean) / self.std)
 
 
 class DecoderAttack(InversionAttack):
@@ -319,8 +332,9 @@ class DecoderAttack(InversionAttack):
         s = self.settings
         return (
             f"black-box decoder: {len(view.aux_images)} auxiliary images sent through the trained client (query access), a "
-            f"{s.width}-wide transposed-conv decoder trained {s.epochs} epochs (Adam lr {s.lr:g}, MSE) on "
-            f"(message, clean image) pairs, applied to the intercepted messages"
+            f"{s.width}-wide transposed-conv decoder on messages standardised by the queries' statistics, trained {s.epochs} "
+            f"epochs (Adam lr {s.lr:g}, MSE) on (message, clean image) pairs (against a random client, {s.draws} draws of "
+            f"the queries, one per epoch in turn), applied to the intercepted messages"
         )
 
     def reconstruct(self, view: DecoderView, *, generator: torch.Generator, progress: bool = True) -> Tensor:
@@ -328,14 +342,17 @@ class DecoderAttack(InversionAttack):
         aux_images = view.aux_images
         if len(aux_images) < 1:
             raise ValueError("aux: expected at least one auxiliary image for the decoder, got 0")
-        with torch.no_grad():
-            messages = torch.cat([view.query(chunk) for chunk in aux_images.split(250)])
+        draws = self.query_draws(view.query, aux_images)
+        stacked = torch.cat(draws)
+        mean = stacked.mean((0, 2, 3), keepdim=True)
+        std = stacked.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
         c, h = aux_images.shape[1], aux_images.shape[2]
-        decoder = Decoder(messages.shape[1], c, h // messages.shape[2], s.width)
+        decoder = Decoder(stacked.shape[1], c, h // stacked.shape[2], s.width, mean, std)
         opt = torch.optim.Adam(decoder.parameters(), lr=s.lr)
         steps_per_epoch = math.ceil(len(aux_images) / s.batch_size)
         with _bar(s.epochs * steps_per_epoch, "decoder: train", progress) as bar:
-            for _ in range(s.epochs):
+            for epoch in range(s.epochs):
+                messages = draws[epoch % len(draws)]
                 for index in torch.randperm(len(aux_images), generator=generator).split(s.batch_size):
                     loss = F.mse_loss(decoder(messages[index]), aux_images[index])
                     opt.zero_grad()
@@ -346,6 +363,20 @@ class DecoderAttack(InversionAttack):
         decoder.eval()
         with torch.no_grad():
             return torch.cat([decoder(chunk) for chunk in view.intercepted.split(250)]).clamp(0, 1)
+
+    def query_draws(self, query: Callable[[Tensor], Tensor], images: Tensor) -> List[Tensor]:
+        """The client's messages of ``images``: one query if two agree bit for bit (a
+        deterministic client), else ``draws`` of them (a random one)."""
+        def ask() -> Tensor:
+            with torch.no_grad():
+                return torch.cat([query(chunk) for chunk in images.split(250)])
+
+        draws = [ask()]
+        if self.settings.draws > 1:
+            second = ask()
+            if not torch.equal(second, draws[0]):
+                draws += [second] + [ask() for _ in range(self.settings.draws - 2)]
+        return draws
 
 
 # --------------------------------------------------------------------------- white box
