@@ -174,7 +174,9 @@ class DistributedLink(Link):
             count = self._counts.get(peer)
             if count != last_count:
                 last_count, last_change = count, now
-            elif now - last_change > self.timeout:
+            # a peer is silent only while the store still answers: once the store (in the server)
+            # stops, no heartbeat can be read, and the check above names the server instead
+            elif self._store_answered - last_change > self.timeout:
                 raise PeerError(f"{role(peer)} stopped answering: no heartbeat for {self.timeout:g} s while waiting for {what}")
         if failure:
             raise self._gone(peer, what, failure[0])
@@ -186,13 +188,17 @@ class DistributedLink(Link):
     def _gone(self, peer: int, what: str, e: Exception) -> PeerError:
         """The error for a connection ``peer`` broke. A client also ends when the server dies, so
         a client that lost another client first asks the store (in the server) whether it is
-        still there: the server's death is the cause to name, not the client it took down."""
+        still there: the server's death, or its silence, is the cause to name, not the client it
+        took down."""
         if peer != 0:
             asked, deadline = time.monotonic(), time.monotonic() + min(self.timeout, 5.0)
             while time.monotonic() < deadline and not self._store_error and self._store_answered <= asked:
                 time.sleep(0.05)
             if self._store_error:
                 return self._server_gone(peer, what, self._store_error[0])
+            if self._store_answered <= asked:  # stopped, not dead: the client ended on its own wait for it
+                return PeerError(f"{role(0)}, which holds the rendezvous store, stopped answering (no reply for "
+                                 f"{time.monotonic() - asked:.0f} s after {role(peer)} was gone while waiting for {what})")
         return PeerError(f"{role(peer)} is gone (while waiting for {what}): {_reason(e)}")
 
     # -- messages
