@@ -167,10 +167,10 @@ def test_result_layout(privacy):
 # machine's floating point (each path to its optimum is chaotic): on 2 images with 8 restarts CI
 # measured an SSIM margin of +0.12, +0.045 and +0.003 on three machines, the last stop 25's CI
 # failure (its code failed the same way on this machine). On 4 images with 4 restarts (the same
-# work) and evaluation seeds 0-3 on one machine, DLG's margins were +1.3 / +2.3 / +2.4 / +1.9 dB and +0.070 / +0.098 / +0.104 /
-# +0.090 SSIM (image 0 below the mean image's SSIM every time, the three others above): the
-# margins asked of it, 0.5 dB and 0.03, lie well below that spread and above a failed
-# attack's (dlg_turn's reconstructions are 5 dB below the mean image).
+# work) and evaluation seeds 0-3 on one machine, DLG's margins were +1.3 / +2.3 / +2.4 / +1.9 dB
+# and +0.070 / +0.098 / +0.104 / +0.090 SSIM (image 0 below the mean image's SSIM every time, the
+# three others above): the margins asked of it, 0.5 dB and 0.03, lie well below that spread and
+# above a failed attack's (dlg_turn's reconstructions are 5 dB below the mean image).
 @pytest.mark.parametrize(
     "name, margin_db, margin_ssim", [("decoder", 3.0, 0.2), ("whitebox", 10.0, 0.2), ("unsplit", 2.0, 0.2), ("dlg", 0.5, 0.03)]
 )

@@ -152,9 +152,10 @@ def evaluate(
     datas = {r.cfg.data for _, r in named}
     if len(datas) > 1:
         raise RunError(f"--compare: the runs were trained on different data ({', '.join(sorted(datas))}); compare runs of one dataset")
+    applicable = default_evaluations([r for _, r in named])
     if evaluations is None:
-        evaluations = default_evaluations([r for _, r in named])
-    if "musweep" in evaluations and "musweep" not in default_evaluations([r for _, r in named]):
+        evaluations = applicable
+    if "musweep" in evaluations and "musweep" not in applicable:
         raise RunError("--attacks musweep: the mu sweep needs a --defense pgsl run among the runs")
     # Runs differing only in their seed are one entry; each is evaluated, then they are pooled.
     groups = seeding.group_runs(named)
