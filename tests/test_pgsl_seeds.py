@@ -8,7 +8,7 @@ import pytest
 
 from pgsl.config import Config
 from pgsl.evaluate import evaluate
-from pgsl.evaluate.seeds import bootstrap_interval, group_runs, paired_difference
+from pgsl.evaluate.seeds import bootstrap_interval, group_runs, paired_difference, unpaired_difference
 from pgsl.runs import restore
 from pgsl.train import train
 
@@ -38,6 +38,23 @@ def test_paired_difference_pairs_images_and_says_what_is_significant():
     assert paired_difference(base[:2], base)["seeds"] == 2  # the first min(S) seeds
     with pytest.raises(ValueError, match="same images"):
         paired_difference(base[:, :10], base)
+
+
+def test_unpaired_difference_pairs_seeds_but_not_images():
+    rng = np.random.default_rng(2)
+    shift = np.array([[-3.0], [0.0], [3.0]])  # a seed moves both sides alike
+    a = 1.0 + shift + rng.normal(0, 0.5, (3, 40))
+    b = shift + rng.normal(0, 0.5, (3, 100))  # another image set, of another size
+    d = unpaired_difference(a, b)
+    assert d["difference"] == pytest.approx(a.mean() - b.mean()) and d["seeds"] == 3
+    assert d["significant"] and 0.7 < d["ci95"][0] < d["difference"] < d["ci95"][1] < 1.3
+    # drawn apart, the seeds' shift would swamp the difference: paired, it cancels
+    assert bootstrap_interval(a)[1] - bootstrap_interval(a)[0] > 2 * (d["ci95"][1] - d["ci95"][0])
+    same = unpaired_difference(b[:, :50], b[:, 50:])
+    assert same["ci95"][0] < 0 < same["ci95"][1] and not same["significant"]
+    assert unpaired_difference(a[:1], b)["seeds"] == 1  # the first min(S) seeds
+    with pytest.raises(ValueError, match="unpaired_difference"):
+        unpaired_difference(a[0], b)
 
 
 @pytest.fixture(scope="module")

@@ -290,8 +290,16 @@ def test_table2_rows_with_the_paper_beside_ours(tmp_path):
     assert by["jsma"]["ours_ci95"][0] < 50 < by["jsma"]["ours_ci95"][1] and by["jsma"]["clean_same_size"] == pytest.approx(75.0)
     assert by["dlg"]["train_images"] == 8 and by["dlg"]["paper"] == 88.3 and by["decoder"]["paper"] is None
     assert by["pgsl"]["ours"] == pytest.approx(90.0) and by["none"]["ours_ci95"] is None
-    assert claims["pgsl_minus_jsma"] == {"ours": pytest.approx(40.0), "paper_mias": 36.9}
+    # each row beside its clean control, paired by seed and image (25 of 50 right against 37 of 50)
+    assert by["jsma"]["minus_clean"]["difference"] == pytest.approx(-24.0) and by["jsma"]["minus_clean"]["significant"]
+    assert by["jsma"]["minus_clean"]["ci95"][1] < 0 and by["pgsl"].get("minus_clean") is None
+    jsma = claims["pgsl_minus_jsma"]
+    assert jsma["ours"] == pytest.approx(40.0) and jsma["paper_mias"] == 36.9 and jsma["seeds"] == [0, 1]
+    assert 0 < jsma["ci95"][0] < 40 < jsma["ci95"][1]
     assert claims["pgsl_minus_dlg"]["ours"] == pytest.approx(65.0)
+    # a claim holds only the seeds both sides have
+    _, claims = table2.rows(plan, units, none, pgsl[:1])
+    assert claims["pgsl_minus_jsma"]["seeds"] == [0] and claims["pgsl_minus_jsma"]["ours"] == pytest.approx(40.0)
 
 
 def test_a_table2_unit_whose_undefended_point_was_computed_elsewhere_trains_it_again(tmp_path, monkeypatch):

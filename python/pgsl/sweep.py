@@ -582,18 +582,22 @@ def _merge_table2(plan: dict, out: str, done: List[Tuple[Point, dict]]) -> dict:
              "bootstrap interval over seeds and test images), beside the paper's figure for this dataset. The attacks are "
              "crafted against the undefended run of the same seed; the decoder and DLG reconstruct from its split layer. "
              "A row trained on a subset has the same CNN on clean images of the same sizes beside it. pgsl and none: "
-             "the sweep's points (PGSL at its defaults), on the whole test split.", "",
-             "| row | ours | 95 % interval | paper | seeds | train / test images | clean, same sizes |",
-             "| --- | ---: | --- | ---: | --- | --- | ---: |"]
+             "the sweep's points (PGSL at its defaults), on the whole test split. Row minus clean: the difference from that "
+             "control, paired by seed and test image, with its 95 % interval.", "",
+             "| row | ours | 95 % interval | paper | seeds | train / test images | clean, same sizes | row minus clean |",
+             "| --- | ---: | --- | ---: | --- | --- | ---: | --- |"]
     for e in table:
         ours = "-" if e["ours"] is None else f"{e['ours']:.1f}"
         ci = "-" if not e["ours_ci95"] else f"[{e['ours_ci95'][0]:.1f}, {e['ours_ci95'][1]:.1f}]"
         paper = "-" if e["paper"] is None else f"{e['paper']:g}"
         sizes = f"{e['train_images']} / {e['test_images']}" if "train_images" in e else "all"
         clean = "-" if e.get("clean_same_size") is None else f"{e['clean_same_size']:.1f}"
-        lines.append(f"| {e['row']} | {ours} | {ci} | {paper} | {len(e['seeds'])} | {sizes} | {clean} |")
+        d = e.get("minus_clean")
+        minus = "-" if d is None else f"{d['difference']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]"
+        lines.append(f"| {e['row']} | {ours} | {ci} | {paper} | {len(e['seeds'])} | {sizes} | {clean} | {minus} |")
     for name, c in claims.items():
-        lines.append(f"\n{name.replace('_', ' ')}: {c['ours']:+.1f} points here; the paper claims {c['paper_mias']:+.1f} (on MIAS).")
+        lines.append(f"\n{name.replace('_', ' ')}: {c['ours']:+.1f} points here [{c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f}] "
+                     f"(seeds {', '.join(map(str, c['seeds']))}); the paper claims {c['paper_mias']:+.1f} (on MIAS).")
     with open(os.path.join(out, "table2.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return {"rows": table, "claims": claims, "units": len(units), "of": len(table2.units(plan))}

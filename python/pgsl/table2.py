@@ -36,7 +36,7 @@ from .errors import ConfigError
 from .evaluate import inversion, robustness
 from .evaluate import settings as st
 from .evaluate.report import PAPER
-from .evaluate.seeds import bootstrap_interval
+from .evaluate.seeds import bootstrap_interval, paired_difference, unpaired_difference
 
 __all__ = ["ROWS", "TABLE_ROWS", "Unit", "check", "units", "build", "rows"]
 
@@ -214,12 +214,29 @@ def _interval(bits: List[str]) -> Optional[List[float]]:
     return [100 * v for v in bootstrap_interval([[float(c) for c in b] for b in bits])]
 
 
+def _on_common_seeds(a: List[dict], b: List[dict]) -> Optional[Tuple[List[List[float]], List[List[float]], List[int]]]:
+    """``a``'s and ``b``'s per-image correctness (0/1) on the seeds both hold, in seed order, and
+    those seeds; None when they share none or a shared seed lacks its ``test_correct``."""
+    bits_a, bits_b = ({m["seed"]: m.get("test_correct") for m in x} for x in (a, b))
+    common = sorted(set(bits_a) & set(bits_b))
+    if not common or any(not bits_a[s] or not bits_b[s] for s in common):
+        return None
+    return ([[float(c) for c in bits_a[s]] for s in common], [[float(c) for c in bits_b[s]] for s in common], common)
+
+
+def _percent(d: dict) -> dict:
+    return {"difference": 100 * d["difference"], "ci95": [100 * v for v in d["ci95"]], "significant": d["significant"],
+            "seeds": d["seeds"]}
+
+
 def rows(plan: dict, done_units: Dict[Unit, dict], reference: List[dict], pgsl: List[dict]) -> Tuple[List[dict], dict]:
     """Table 2 as rows (``row``, ``ours`` mean accuracy in percent over the seeds, ``ours_ci95``
     its two-level bootstrap interval over seeds and test images, ``paper`` the paper's figure for
     this dataset or None, the seeds and subset sizes, and for built rows the clean control at the
-    same sizes), and the paper's claims against ours. ``reference`` / ``pgsl``: the done points
-    (one per seed) of the undefended run and of PGSL at its defaults."""
+    same sizes and the row's difference from it, paired by seed and test image), and the paper's
+    claims against ours: PGSL minus the row on the seeds both hold, its interval a two-level
+    bootstrap with the seeds paired and each side's own test images resampled. ``reference`` /
+    ``pgsl``: the done points (one per seed) of the undefended run and of PGSL at its defaults."""
     dataset = "mias" if str(plan.get("train", {}).get("data", "mnist5k")).startswith("mias") else "mnist"
     paper = PAPER["table2_accuracy_percent"]
     table = plan["table2"]
@@ -240,6 +257,9 @@ def rows(plan: dict, done_units: Dict[Unit, dict], reference: List[dict], pgsl: 
         e = entry(row, members, sizes)
         controls = [r for u, r in done_units.items() if u.row == "clean" and (u.train_images, u.test_images) == sizes]
         e["clean_same_size"] = entry("clean", controls)["ours"] if controls else None
+        paired = _on_common_seeds(members, controls)
+        e["minus_clean"] = (_percent(paired_difference(paired[0], paired[1]))
+                            if paired and len({len(b) for b in paired[0] + paired[1]}) == 1 else None)
         out.append(e)
     e = entry("pgsl", pgsl)
     if dataset == "mias":
@@ -247,10 +267,11 @@ def rows(plan: dict, done_units: Dict[Unit, dict], reference: List[dict], pgsl: 
     out.append(e)
     out.append(entry("none", reference))
     claims = {}
-    by_row = {e["row"]: e for e in out}
     for row, claimed in (("jsma", 36.9), ("dlg", 17.5)):
-        if by_row.get(row, {}).get("ours") is not None and by_row["pgsl"]["ours"] is not None:
-            claims[f"pgsl_minus_{row}"] = {"ours": by_row["pgsl"]["ours"] - by_row[row]["ours"], "paper_mias": claimed}
+        common = _on_common_seeds(pgsl, [r for u, r in done_units.items() if u.row == row])
+        if common:
+            d = _percent(unpaired_difference(common[0], common[1]))
+            claims[f"pgsl_minus_{row}"] = {"ours": d["difference"], "ci95": d["ci95"], "seeds": common[2], "paper_mias": claimed}
     return out, claims
 
 

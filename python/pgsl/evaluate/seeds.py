@@ -22,7 +22,8 @@ import numpy as np
 from ..runs import Run
 from .inversion import ATTACKS, KNOWLEDGE_LEVELS, knowledge_levels
 
-__all__ = ["aggregate_privacy", "aggregate_robustness", "bootstrap_interval", "compare", "group_runs", "paired_difference"]
+__all__ = ["aggregate_privacy", "aggregate_robustness", "bootstrap_interval", "compare", "group_runs", "paired_difference",
+           "unpaired_difference"]
 
 # Options that do not make two runs different configurations.
 NOT_CONFIGURATION = ("seed", "out", "resume", "run_id", "progress", "device", "distributed", "timeout")
@@ -85,6 +86,28 @@ def paired_difference(a, b, *, seed: int = 0) -> dict:
     d = a[:s] - b[:s]
     low, high = bootstrap_interval(d, seed=seed)
     return {"difference": float(d.mean()), "ci95": [low, high], "significant": bool(low > 0 or high < 0), "seeds": s, "images": d.shape[1]}
+
+
+def unpaired_difference(a, b, *, resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """``mean(a) - mean(b)`` for two different image sets, ``(S, N_a)`` and ``(S, N_b)``, seed
+    ``i`` of ``a`` paired with seed ``i`` of ``b`` (the first ``min(S_a, S_b)``): a two-level
+    bootstrap draws the seeds once for both, then ``a``'s and ``b``'s images each within their
+    own set. The mean difference, its 95 % percentile interval and whether it excludes 0."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or 0 in a.shape or 0 in b.shape:
+        raise ValueError(f"unpaired_difference: expected two (S, N) arrays with S, N >= 1, got shapes {a.shape} and {b.shape}")
+    s = min(len(a), len(b))
+    a, b = a[:s], b[:s]
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(resamples)
+    for start in range(0, resamples, 500):
+        k = min(500, resamples - start)
+        seeds = rng.integers(0, s, (k, s))
+        ia = rng.integers(0, a.shape[1], (k, s, a.shape[1]))
+        ib = rng.integers(0, b.shape[1], (k, s, b.shape[1]))
+        diffs[start:start + k] = a[seeds[:, :, None], ia].mean(axis=(1, 2)) - b[seeds[:, :, None], ib].mean(axis=(1, 2))
+    low, high = (float(v) for v in np.percentile(diffs, [2.5, 97.5]))
+    return {"difference": float(a.mean() - b.mean()), "ci95": [low, high], "significant": bool(low > 0 or high < 0), "seeds": s}
 
 
 def _bits(correct: str) -> List[float]:
