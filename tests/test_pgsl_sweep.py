@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from pgsl import sweep
 from pgsl.errors import ConfigError, RunError
@@ -362,3 +363,48 @@ def test_a_saved_dataset_round_trips_and_a_bad_one_is_named(tmp_path):
     (tmp_path / "junk.pt").write_text("junk")
     with pytest.raises(DataError, match="not a dataset saved by pgsl"):
         data.load(f"saved:{tmp_path / 'junk.pt'}")
+
+
+def test_perturbation_probe_reads_the_label_only_where_the_perturbation_carries_it(tmp_path):
+    """A perturbation that lights one pixel per class gives the label away; one drawn without the
+    label does not (the probe is at chance on it), though the clean images beneath carry it."""
+    from pgsl import data as data_mod
+    from pgsl import table2
+
+    g = torch.Generator().manual_seed(0)
+    classes = [str(i) for i in range(10)]
+
+    def split(n):  # the label written in the clean image too: pixel 100 + y (row-major) lit
+        x, y = torch.rand(n, 1, 12, 12, generator=g) * 0.5, torch.randint(0, 10, (n,), generator=g)
+        x.view(n, -1)[torch.arange(n), 100 + y] = 1.0
+        return data_mod.Split(x, y)
+
+    train, val, test = split(300), split(20), split(200)
+    folder = tmp_path / "table2"
+
+    def save(name, tr, te):
+        os.makedirs(folder / name)
+        data_mod.save(data_mod.Dataset(name, classes, data_mod.Split(tr, train.y), val, data_mod.Split(te, test.y), []),
+                      str(folder / name / "images.pt"))
+
+    def mark(s):  # the y-th pixel (row-major) set to 1: the label, in the perturbation
+        x = s.x.clone()
+        x.view(len(x), -1)[torch.arange(len(x)), s.y] = 1.0
+        return x
+
+    def noise(s):
+        return (s.x + 0.3 * torch.randn(s.x.shape, generator=g)).clamp(0, 1)
+
+    save("clean-300x200-s0", train.x, test.x)
+    save("jsma-s0", mark(train), mark(test))
+    save("fgsm-s0", noise(train), noise(test))
+    rows = {r["row"]: r for r in table2.perturbation_probe([str(folder)])}
+    assert set(rows) == {"jsma", "fgsm"} and rows["jsma"]["seeds"] == [0]
+    assert rows["jsma"]["perturbation"] > 95 and rows["jsma"]["pixels_changed"] == pytest.approx(1.0, abs=0.1)
+    assert rows["fgsm"]["perturbation"] < 25 and rows["fgsm"]["pixels_changed"] > 30
+    assert rows["fgsm"]["clean"] > 95 and rows["fgsm"]["attacked"] > 40  # the label is in the images (chance: 10), not the noise
+    lo, hi = rows["jsma"]["perturbation_ci95"]
+    assert lo <= rows["jsma"]["perturbation"] <= hi
+    os.remove(folder / "clean-300x200-s0" / "images.pt")
+    with pytest.raises(FileNotFoundError, match="no clean control clean-300x200-s0"):
+        table2.perturbation_probe([str(folder)])

@@ -23,7 +23,9 @@ runs it, then trains on them with ``pgsl train --data saved:FILE``).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
+import re
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -38,7 +40,7 @@ from .evaluate import settings as st
 from .evaluate.report import PAPER
 from .evaluate.seeds import bootstrap_interval, paired_difference, unpaired_difference
 
-__all__ = ["ROWS", "TABLE_ROWS", "Unit", "check", "units", "build", "rows"]
+__all__ = ["ROWS", "TABLE_ROWS", "Unit", "check", "units", "build", "rows", "label_probe", "perturbation_probe"]
 
 ATTACK_ROWS = ("jsma", "cw", "bim", "fgsm")
 ROWS = ATTACK_ROWS + ("decoder", "dlg")  # built from images
@@ -273,6 +275,71 @@ def rows(plan: dict, done_units: Dict[Unit, dict], reference: List[dict], pgsl: 
             d = _percent(unpaired_difference(common[0], common[1]))
             claims[f"pgsl_minus_{row}"] = {"ours": d["difference"], "ci95": d["ci95"], "seeds": common[2], "paper_mias": claimed}
     return out, claims
+
+
+def label_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
+                weight_decay: float = 1e-3, iterations: int = 300) -> torch.Tensor:
+    """A linear probe: multinomial logistic regression (L2 ``weight_decay``, L-BFGS) fit on the
+    flattened ``train_x`` and its labels; which of ``test_x`` it labels right (bool per image)."""
+    xtr, xte = train_x.flatten(1).double(), test_x.flatten(1).double()
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    w = torch.zeros(xtr.shape[1], classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def loss():
+        opt.zero_grad()
+        value = torch.nn.functional.cross_entropy(xtr @ w + b, train_y) + weight_decay * (w ** 2).sum()
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        opt.step(loss)
+    with torch.no_grad():
+        return (xte @ w + b).argmax(1) == test_y
+
+
+def perturbation_probe(folders: List[str]) -> List[dict]:
+    """How much of the label an attack row's perturbation alone carries. For each attack unit
+    (``<row>-s<seed>``) under ``folders`` (a sweep's ``table2`` folders, whose ``images.pt`` are kept
+    on the machine that built them) and its clean control of the same sizes and seed:
+    :func:`label_probe` fit on the train perturbations (attacked minus clean) and scored on the test
+    ones, beside the same probe on the clean and on the attacked images. One entry per row: mean
+    accuracy (%) over seeds with a two-level bootstrap interval over seeds and test images, and
+    the pixels the attack changed per image."""
+    found: Dict[str, Dict[int, str]] = {}
+    for folder in folders:
+        for path in sorted(glob.glob(os.path.join(folder, "*-s*", "images.pt"))):
+            m = re.fullmatch(r"(\w+)-s(\d+)", os.path.basename(os.path.dirname(path)))
+            if m and m.group(1) in ATTACK_ROWS:
+                found.setdefault(m.group(1), {})[int(m.group(2))] = path
+    out = []
+    for row in (r for r in ATTACK_ROWS if r in found):
+        bits = {"perturbation": [], "clean": [], "attacked": []}
+        changed, seeds = [], []
+        for seed, path in sorted(found[row].items()):
+            attacked = data_mod.load_saved(path)
+            n_train, n_test = len(attacked.train), len(attacked.test)
+            clean_path = next((os.path.join(f, f"clean-{n_train}x{n_test}-s{seed}", "images.pt") for f in folders
+                               if os.path.exists(os.path.join(f, f"clean-{n_train}x{n_test}-s{seed}", "images.pt"))), None)
+            if clean_path is None:
+                raise FileNotFoundError(f"perturbation_probe: {path} has no clean control clean-{n_train}x{n_test}-s{seed}/images.pt "
+                                        f"in {folders}")
+            clean = data_mod.load_saved(clean_path)
+            if not (torch.equal(clean.train.y, attacked.train.y) and torch.equal(clean.test.y, attacked.test.y)):
+                raise ValueError(f"perturbation_probe: {path} and {clean_path} hold different digits")
+            parts = {"perturbation": (attacked.train.x - clean.train.x, attacked.test.x - clean.test.x),
+                     "clean": (clean.train.x, clean.test.x), "attacked": (attacked.train.x, attacked.test.x)}
+            for key, (xtr, xte) in parts.items():
+                bits[key].append(label_probe(xtr, attacked.train.y, xte, attacked.test.y).double().tolist())
+            changed.append(float(((attacked.train.x - clean.train.x).abs() > 1e-6).flatten(1).sum(1).double().mean()))
+            seeds.append(seed)
+        entry = {"row": row, "seeds": seeds, "pixels_changed": float(np.mean(changed))}
+        for key, b in bits.items():
+            entry[key] = 100 * float(np.mean(b))
+            entry[f"{key}_ci95"] = [100 * v for v in bootstrap_interval(b)]
+        out.append(entry)
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> int:
