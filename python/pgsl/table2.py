@@ -17,7 +17,9 @@ beside ``none`` (the undefended run's own accuracy) and ``pgsl`` (PGSL at its de
 from the sweep's points. A row's images replace the train and test splits (its first
 ``train_images`` and ``test_images``); the validation slice stays clean (a single-stream run only
 reports it). ``python -m pgsl.table2 PLAN OUT ROW SEED`` builds one unit's images (``pgsl sweep``
-runs it, then trains on them with ``pgsl train --data saved:FILE``).
+runs it, then trains on them with ``pgsl train --data saved:FILE``). :func:`perturbation_probe`
+asks what a built row's images give away: a linear probe of the label on its perturbations alone
+(``scripts/table2_probe.py``).
 """
 
 from __future__ import annotations
