@@ -322,11 +322,10 @@ def perturbation_probe(folders: List[str]) -> List[dict]:
         for seed, path in sorted(found[row].items()):
             attacked = data_mod.load_saved(path)
             n_train, n_test = len(attacked.train), len(attacked.test)
-            clean_path = next((os.path.join(f, f"clean-{n_train}x{n_test}-s{seed}", "images.pt") for f in folders
-                               if os.path.exists(os.path.join(f, f"clean-{n_train}x{n_test}-s{seed}", "images.pt"))), None)
+            control = Unit("clean", seed, n_train, n_test).name
+            clean_path = next((c for c in (os.path.join(f, control, "images.pt") for f in folders) if os.path.exists(c)), None)
             if clean_path is None:
-                raise FileNotFoundError(f"perturbation_probe: {path} has no clean control clean-{n_train}x{n_test}-s{seed}/images.pt "
-                                        f"in {folders}")
+                raise FileNotFoundError(f"perturbation_probe: {path} has no clean control {control}/images.pt in {folders}")
             clean = data_mod.load_saved(clean_path)
             if not (torch.equal(clean.train.y, attacked.train.y) and torch.equal(clean.test.y, attacked.test.y)):
                 raise ValueError(f"perturbation_probe: {path} and {clean_path} hold different digits")
@@ -334,7 +333,7 @@ def perturbation_probe(folders: List[str]) -> List[dict]:
                      "clean": (clean.train.x, clean.test.x), "attacked": (attacked.train.x, attacked.test.x)}
             for key, (xtr, xte) in parts.items():
                 bits[key].append(label_probe(xtr, attacked.train.y, xte, attacked.test.y).double().tolist())
-            changed.append(float(((attacked.train.x - clean.train.x).abs() > 1e-6).flatten(1).sum(1).double().mean()))
+            changed.append(float((parts["perturbation"][0].abs() > 1e-6).flatten(1).sum(1).double().mean()))
             seeds.append(seed)
         entry = {"row": row, "seeds": seeds, "pixels_changed": float(np.mean(changed))}
         for key, b in bits.items():

@@ -57,22 +57,34 @@ def group_runs(runs: Sequence[Tuple[str, Run]]) -> Dict[str, List[Tuple[str, Run
     return out
 
 
+def _bootstrap_means(arrays: Sequence[np.ndarray], resamples: int, seed: int) -> List[np.ndarray]:
+    """Each ``(S, N_i)`` array's mean under ``resamples`` two-level bootstrap draws: S seeds drawn
+    with replacement (the same draw for every array), then each array's own N_i images within
+    them. One ``(resamples,)`` array of means per input."""
+    s = len(arrays[0])
+    rng = np.random.default_rng(seed)
+    means = [np.empty(resamples) for _ in arrays]
+    for start in range(0, resamples, 500):
+        b = min(500, resamples - start)
+        seeds = rng.integers(0, s, (b, s))
+        for v, out in zip(arrays, means):
+            images = rng.integers(0, v.shape[1], (b, s, v.shape[1]))
+            out[start:start + b] = v[seeds[:, :, None], images].mean(axis=(1, 2))
+    return means
+
+
+def _percentile_interval(values: np.ndarray) -> List[float]:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
 def bootstrap_interval(values, *, resamples: int = RESAMPLES, seed: int = 0) -> List[float]:
     """The 95 % percentile interval of the mean of ``values`` ``(S, N)`` (S seeds, N images each)
     under a two-level bootstrap: S seeds drawn with replacement, then N images within each."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 2 or v.size == 0:
         raise ValueError(f"bootstrap_interval: expected an (S, N) array with S, N >= 1, got shape {v.shape}")
-    s, n = v.shape
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    for start in range(0, resamples, 500):
-        b = min(500, resamples - start)
-        seeds = rng.integers(0, s, (b, s))
-        images = rng.integers(0, n, (b, s, n))
-        means[start:start + b] = v[seeds[:, :, None], images].mean(axis=(1, 2))
-    low, high = np.percentile(means, [2.5, 97.5])
-    return [float(low), float(high)]
+    return _percentile_interval(_bootstrap_means([v], resamples, seed)[0])
 
 
 def paired_difference(a, b, *, seed: int = 0) -> dict:
@@ -98,15 +110,8 @@ def unpaired_difference(a, b, *, resamples: int = RESAMPLES, seed: int = 0) -> d
         raise ValueError(f"unpaired_difference: expected two (S, N) arrays with S, N >= 1, got shapes {a.shape} and {b.shape}")
     s = min(len(a), len(b))
     a, b = a[:s], b[:s]
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(resamples)
-    for start in range(0, resamples, 500):
-        k = min(500, resamples - start)
-        seeds = rng.integers(0, s, (k, s))
-        ia = rng.integers(0, a.shape[1], (k, s, a.shape[1]))
-        ib = rng.integers(0, b.shape[1], (k, s, b.shape[1]))
-        diffs[start:start + k] = a[seeds[:, :, None], ia].mean(axis=(1, 2)) - b[seeds[:, :, None], ib].mean(axis=(1, 2))
-    low, high = (float(v) for v in np.percentile(diffs, [2.5, 97.5]))
+    mean_a, mean_b = _bootstrap_means([a, b], resamples, seed)
+    low, high = _percentile_interval(mean_a - mean_b)
     return {"difference": float(a.mean() - b.mean()), "ci95": [low, high], "significant": bool(low > 0 or high < 0), "seeds": s}
 
 
