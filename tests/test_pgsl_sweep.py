@@ -408,3 +408,29 @@ def test_perturbation_probe_reads_the_label_only_where_the_perturbation_carries_
     os.remove(folder / "clean-300x200-s0" / "images.pt")
     with pytest.raises(FileNotFoundError, match="no clean control clean-300x200-s0"):
         table2.perturbation_probe([str(folder)])
+
+
+def test_frontier_diff_pairs_points_by_seed_and_image(tmp_path):
+    """scripts/frontier_diff.py: A minus B on the seeds both hold, per image, with named errors."""
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "frontier_diff.py")
+
+    def point(name, seed, correct, psnr):
+        folder = tmp_path / "points" / f"{name}-s{seed}"
+        folder.mkdir(parents=True)
+        (folder / "point.json").write_text(json.dumps({"test_correct": correct, "attacks": {"decoder": {"psnr": psnr}}}))
+
+    for seed in (0, 1):  # A: 3 of 4 right, decoder 20 dB; B: 1 of 4 right, decoder 25 dB
+        point("a", seed, "1101", [20.0, 20.0])
+        point("b", seed, "0100", [25.0, 25.0])
+    point("a", 2, "0000", [0.0, 0.0])  # a seed B lacks: left out
+    point("ab", 0, "1111", [99.0, 99.0])  # a name that starts with "a": not one of a's seeds
+    run = lambda *args: subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    done = run(str(tmp_path), "a", "b")
+    assert done.returncode == 0, done.stderr
+    from pgsl.evaluate.seeds import paired_difference
+    ci = paired_difference(np.array([[1.0, 0, 0, 1]] * 2), np.zeros((2, 4)))["ci95"]  # per image: A minus B
+    assert done.stdout.strip() == (f"a - b (seeds 0,1): accuracy +50.0 [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] points; "
+                                   "decoder PSNR -5.0 [-5.0, -5.0] dB")
+    missing = run(str(tmp_path), "a", "nope")
+    assert missing.returncode == 2 and "no seed is done for both 'a' ([0, 1, 2]) and 'nope' ([])" in missing.stderr
+    assert "holds no points/ folder" in run(str(tmp_path / "nowhere"), "a", "b").stderr
